@@ -1,0 +1,77 @@
+"""What training costs: FLOPs, model FLOPs utilization (MFU), time and dollars.
+
+    training FLOPs  C = flops_per_token * tokens           (about 6 N D for N params, D tokens)
+    MFU             = achieved FLOP/s / peak FLOP/s of the hardware
+    time            = C / (n_gpus * peak * MFU)
+    dollars         = time in hours * price per GPU-hour * n_gpus
+
+The 2019 -> 2026 figures are the speedrun's authors' estimates (see the sources below), not
+measurements of ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Dense bf16 peak FLOP/s (no sparsity), from the vendors' data sheets.
+PEAK_FLOPS = {
+    "h100": 989e12,  # H100 SXM
+    "h200": 989e12,  # same compute as H100 SXM, more and faster memory
+    "a100": 312e12,
+    "tpu-v3": 123e12,  # per chip
+}
+
+
+@dataclass(frozen=True)
+class CostPoint:
+    year: int
+    dollars: float
+    what: str
+    source: str
+
+
+GPT2_2019 = CostPoint(
+    2019, 43_000.0, "GPT-2 1.5B: ~32 TPU v3 chips for ~1 week (~168 h) at ~$8/TPU-v3-hour",
+    "Karpathy's estimate (nanochat); OpenAI never published the cost",
+)
+NANOCHAT_2026 = CostPoint(
+    2026, 73.0, "nanochat leaderboard run 1: 3.04 h on one 8xH100 node at ~$24/node-hour, CORE 0.2585",
+    "karpathy/nanochat, leaderboard run 1 (2026-01-29, commit 348fbb3)",
+)
+
+
+def training_flops(flops_per_token: float, tokens: float) -> float:
+    return flops_per_token * tokens
+
+
+def mfu(flops_per_token: float, tokens_per_second: float, peak_flops: float) -> float:
+    """Model FLOPs utilization: the fraction of the hardware's peak the run achieved."""
+    return flops_per_token * tokens_per_second / peak_flops
+
+
+def training_hours(total_flops: float, n_gpus: int, peak_flops: float, utilization: float) -> float:
+    return total_flops / (n_gpus * peak_flops * utilization) / 3600
+
+
+def dollars(hours: float, n_gpus: int, price_per_gpu_hour: float) -> float:
+    return hours * n_gpus * price_per_gpu_hour
+
+
+def annual_factor(start: CostPoint = GPT2_2019, end: CostPoint = NANOCHAT_2026) -> float:
+    """The constant yearly factor r with start * r^years = end (r < 1: costs fall).
+
+    $43,000 -> $73 over 7 years gives r = (73/43000)^(1/7) = 0.40: each year costs about 40% of
+    the year before, i.e. about 2.5x cheaper per year, a 60% decline per year.
+    """
+    return (end.dollars / start.dollars) ** (1 / (end.year - start.year))
+
+
+def cost_curve(start: CostPoint = GPT2_2019, end: CostPoint = NANOCHAT_2026) -> list[tuple[int, float]]:
+    """(year, dollars) on the constant-rate path from ``start`` to ``end``."""
+    r = annual_factor(start, end)
+    return [(year, start.dollars * r ** (year - start.year)) for year in range(start.year, end.year + 1)]
+
+
+def moores_law_factor() -> float:
+    """Yearly cost factor if compute per dollar doubles every two years: 1/sqrt(2) = 0.707."""
+    return 0.5**0.5

@@ -1,0 +1,274 @@
+"""The training loop used by every chapter and by the command line.
+
+One step: for each of ``grad_accum`` micro-batches, forward, loss / grad_accum, backward;
+then (across processes) average the gradients, clip, set the scheduled learning rate, and
+take one optimizer step. Validation bits per byte is measured every ``eval_every`` steps;
+eval time is excluded from the training wall time so runs compare by their training cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import Config
+from .data import TokenizedCorpus, TokenStreamLoader, toy_data
+from .evaluate import evaluate
+from .model import GPT
+from .optim import build_optimizer, lr_multiplier, set_lr
+
+
+@dataclass
+class RunResult:
+    """Everything a run measured, in a form that serializes to JSON."""
+
+    stage: str
+    scale: str
+    config: dict
+    hardware: str
+    device: str
+    torch_version: str
+    world_size: int
+    params: dict
+    flops_per_token: int
+    steps: int = 0
+    tokens: int = 0
+    wall_seconds: float = 0.0  # training time only (evaluation excluded)
+    tokens_per_second: float = 0.0
+    losses: list[float] = field(default_factory=list)  # train loss at every step
+    val: list[dict] = field(default_factory=list)  # {step, tokens, seconds, loss, bpb}
+    final_val_loss: float | None = None
+    final_val_bpb: float | None = None
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RunResult":
+        return cls(**json.loads(Path(path).read_text()))
+
+    def summary(self) -> str:
+        return (
+            f"{self.stage} @ {self.scale}: {self.steps} steps, {self.tokens:,} tokens in {self.wall_seconds:.1f} s "
+            f"({self.tokens_per_second:,.0f} tok/s), final val {self.final_val_bpb:.4f} bpb [{self.hardware}]"
+        )
+
+
+# ---- the machine -----------------------------------------------------------------------------
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} asked for CUDA, but no CUDA GPU is visible; use device='cpu' or 'auto'")
+    return device
+
+
+def describe_hardware(device: torch.device) -> str:
+    """A short description of what ran: the GPU name, or the CPU model and thread count."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x{int(os.environ.get('WORLD_SIZE', 1))}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {torch.get_num_threads()} threads (CPU)"
+
+
+def autocast_for(device: torch.device, bf16: bool):
+    """A context factory: bf16 autocast when asked for, else a no-op."""
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment; starts the process group if needed."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", 0)), world_size
+
+
+class Progress:
+    """tqdm in interactive use, plain periodic lines otherwise, nothing when quiet.
+
+    SPEEDRUN_PROGRESS=bar|plain|off overrides the automatic choice.
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        mode = os.environ.get("SPEEDRUN_PROGRESS") or ("bar" if sys.stderr.isatty() or _in_notebook() else "plain")
+        self.mode = mode if enabled else "off"
+        self.total, self.desc, self.bar = total, desc, None
+        if self.mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False)
+
+    def update(self, step: int, **info) -> None:
+        text = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(text, refresh=False)
+        elif self.mode == "plain" and (step % max(1, self.total // 10) == 0 or step == self.total):
+            print(f"{self.desc} step {step}/{self.total} {text}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | Path, model, optimizer, loader, step: int, cfg: Config, result: RunResult) -> None:
+    """Write a checkpoint atomically: to a temporary file first, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw_model = getattr(model, "_orig_mod", model)
+    state = {
+        "step": step,
+        "config": cfg.to_dict(),
+        "model": raw_model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "loader": loader.state_dict(),
+        "result": asdict(result),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable checkpoint ({err}); it may be truncated, delete it") from err
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+def build_loader(cfg: Config, data: TokenizedCorpus, rank: int = 0, world_size: int = 1):
+    """The training loader named by ``cfg.train.loader``."""
+    t = cfg.train
+    if t.loader == "stream":
+        return TokenStreamLoader(data.stream("train"), t.batch_size, cfg.model.seq_len, t.seed, rank, world_size)
+    raise NotImplementedError(f"loader {t.loader!r} is not built yet; use 'stream'")
+
+
+def train(
+    cfg: Config,
+    data: TokenizedCorpus | None = None,
+    *,
+    progress: bool = True,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume_from: str | Path | None = None,
+    stop_after: int | None = None,
+) -> tuple[GPT, RunResult]:
+    """Train ``cfg`` on ``data`` (the toy corpus by default). Returns the model and its RunResult.
+
+    ``checkpoint_path``/``checkpoint_every`` write checkpoints during the run (and at its end);
+    ``resume_from`` continues a run from one. ``stop_after`` ends the run early after that many
+    steps (the schedule still spans ``cfg.train.steps``), as a crash would.
+    """
+    cfg = cfg.validate()
+    t = cfg.train
+    rank, world_size = init_distributed()
+    device = pick_device(t.device)
+    data = data or toy_data(cfg.model.vocab_size)
+    if data.enc.n_vocab != cfg.model.vocab_size:
+        raise ValueError(f"the tokenizer has {data.enc.n_vocab} tokens but vocab_size={cfg.model.vocab_size}")
+
+    torch.manual_seed(t.seed)
+    model = GPT(cfg.model).to(device)
+    optimizer = build_optimizer(model, t)
+    loader = build_loader(cfg, data, rank, world_size)
+    autocast = autocast_for(device, t.bf16)
+    result = RunResult(
+        stage=cfg.stage, scale=cfg.scale, config=cfg.to_dict(), hardware=describe_hardware(device),
+        device=str(device), torch_version=torch.__version__, world_size=world_size,
+        params=model.num_params(), flops_per_token=model.flops_per_token(),
+    )
+    start_step = 0
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        loader.load_state_dict(ckpt["loader"])
+        result = RunResult(**ckpt["result"])
+        start_step = ckpt["step"]
+    fwd = torch.compile(model) if t.compile else model
+    val_tokens = data.stream("val")
+    tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * world_size
+
+    def run_eval(step: int) -> None:
+        metrics = evaluate(fwd, val_tokens, data.token_bytes, t.batch_size, t.eval_tokens, autocast)
+        result.val.append({"step": step, "tokens": result.tokens, "seconds": result.wall_seconds, **metrics})
+
+    bar = Progress(t.steps - start_step, f"{cfg.stage}@{cfg.scale}", enabled=progress and rank == 0)
+    last_step = min(t.steps, stop_after if stop_after is not None else t.steps)
+    for step in range(start_step, last_step):
+        if t.eval_every and step % t.eval_every == 0 and not any(v["step"] == step for v in result.val):
+            run_eval(step)
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(t.grad_accum):
+            x, y = (b.to(device, non_blocking=True) for b in loader.next_batch())
+            with autocast():
+                loss = fwd(x, y)
+            (loss / t.grad_accum).backward()
+            loss_sum += loss.detach()
+        if world_size > 1:
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        set_lr(optimizer, lr_multiplier(step, t.steps, t))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = loss_sum.item() / t.grad_accum
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result.wall_seconds += time.perf_counter() - t0
+        result.steps, result.tokens = step + 1, result.tokens + tokens_per_step
+        result.losses.append(loss_value)
+        if not torch.isfinite(torch.tensor(loss_value)):
+            raise FloatingPointError(f"the loss became {loss_value} at step {step}; lower the learning rate")
+        bar.update(step + 1, loss=loss_value)
+        if checkpoint_path and checkpoint_every and (step + 1) % checkpoint_every == 0 and rank == 0:
+            save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result)
+    bar.close()
+    if last_step == t.steps:
+        if not result.val or result.val[-1]["step"] != t.steps:
+            run_eval(t.steps)
+        result.final_val_loss, result.final_val_bpb = result.val[-1]["loss"], result.val[-1]["bpb"]
+    result.tokens_per_second = result.tokens / max(result.wall_seconds, 1e-9)
+    if checkpoint_path and rank == 0:
+        save_checkpoint(checkpoint_path, model, optimizer, loader, last_step, cfg, result)
+    return model, result
