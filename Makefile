@@ -19,19 +19,19 @@ $(STAMP): pyproject.toml
 
 # Execute every chapter at toy scale into the build folder (the checkout stays clean), then build.
 book: venv
-	SPEEDRUN_SCALE=toy $(PY) -m nanogpt_core.book build --execute
+	SPEEDRUN_SCALE=toy SPEEDRUN_PROGRESS=plain $(PY) book/build.py build --execute
 
 # Build from the committed outputs only (what CI checks, warnings as errors).
 book-html: venv
-	$(PY) -m nanogpt_core.book build
+	$(PY) book/build.py build
 
 # Maintainers: re-execute the chapters in place so the committed outputs are fresh.
 refresh-outputs: venv
-	SPEEDRUN_SCALE=toy $(PY) -m nanogpt_core.book refresh
+	SPEEDRUN_SCALE=toy SPEEDRUN_PROGRESS=plain $(PY) book/build.py refresh
 
 test: venv
-	SPEEDRUN_SCALE=toy $(PY) -m pytest tests chapters --nbval-lax --sanitize-with tests/nbval_sanitize.cfg
-	$(PY) -m nanogpt_core.book build
+	SPEEDRUN_SCALE=toy SPEEDRUN_PROGRESS=plain $(PY) -m pytest tests chapters --ignore=tests/browser --nbval-lax --sanitize-with tests/nbval_sanitize.cfg
+	$(PY) book/build.py build
 	$(PY) -m pytest tests/browser -p no:cacheprovider -q
 
 bench: venv

@@ -34,6 +34,7 @@ NPM_ASSETS = {
     # embed-amd.js loads its fonts from files next to it, so the whole dist/ folder is copied.
     "@jupyter-widgets/html-manager@1.0.15": {"package/dist/": "jupyter-widgets/html-manager/dist/"},
 }
+NPM_SKIP = {"package/dist/embed.js", "package/dist/embed.js.map"}  # the non-AMD bundle, unused
 IGNORE = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__", "runs", "*.pt")
 
 
@@ -108,7 +109,7 @@ def npm_fetch(spec: str, members: dict) -> bool:
     with tarfile.open(tgz) as tar:
         for member in tar.getmembers():
             for prefix, dest in members.items():
-                if member.isfile() and member.name.startswith(prefix):
+                if member.isfile() and member.name.startswith(prefix) and member.name not in NPM_SKIP:
                     target = OFFLINE / dest / member.name[len(prefix):] if prefix.endswith("/") else OFFLINE / dest
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(tar.extractfile(member).read())

@@ -176,7 +176,14 @@ def build_loader(cfg: Config, data: TokenizedCorpus, rank: int = 0, world_size: 
     t = cfg.train
     if t.loader == "stream":
         return TokenStreamLoader(data.stream("train"), t.batch_size, cfg.model.seq_len, t.seed, rank, world_size)
-    raise NotImplementedError(f"loader {t.loader!r} is not built yet; use 'stream'")
+    if t.loader in ("bos", "bestfit"):  # BOS-aligned rows: greedy crop (nanochat's first version), or BestFit-Crop
+        from .loaders import DocumentLoader
+        from .tokenizer import bos_id
+
+        policy = "greedy_crop" if t.loader == "bos" else "bestfit"
+        return DocumentLoader(data.train_docs, t.batch_size, cfg.model.seq_len, policy, seed=t.seed, rank=rank,
+                              world_size=world_size, bos_id=bos_id(data.enc), pad_id=bos_id(data.enc))
+    raise NotImplementedError(f"loader {t.loader!r} is not built yet; use 'stream', 'bos' or 'bestfit'")
 
 
 def train(
@@ -210,7 +217,7 @@ def train(
     autocast = autocast_for(device, t.bf16)
     result = RunResult(
         stage=cfg.stage, scale=cfg.scale, config=cfg.to_dict(), hardware=describe_hardware(device),
-        device=str(device), torch_version=torch.__version__, world_size=world_size,
+        device=str(device), torch_version=str(torch.__version__), world_size=world_size,
         params=model.num_params(), flops_per_token=model.flops_per_token(),
     )
     start_step = 0
@@ -243,8 +250,9 @@ def train(
             (loss / t.grad_accum).backward()
             loss_sum += loss.detach()
         if world_size > 1:
+            self_synced = {id(p) for p in getattr(optimizer, "self_synced_params", [])}  # distributed Muon
             for p in model.parameters():
-                if p.grad is not None:
+                if p.grad is not None and id(p) not in self_synced:
                     dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         if t.grad_clip:
