@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import STAGES, SCALES, ConfigError, default_scale, stage_config
@@ -13,13 +14,22 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if k in _OVERRIDES and v is not None}
     cfg = stage_config(args.stage, args.scale, **overrides)
+    data = None
+    if args.data or args.tokenizer:  # FineWeb-edu shards (see `download` and `tokenizer`) instead of the toy corpus
+        if not (args.data and args.tokenizer):
+            raise ConfigError("--data and --tokenizer go together: the shards folder and the tokenizer trained on it")
+        from .download import fineweb_data
+
+        data = fineweb_data(args.data, args.tokenizer, cfg.train.eval_tokens)
+        cfg = cfg.replace(vocab_size=data.enc.n_vocab)  # the tokenizer defines the vocabulary
     _, result = train(
-        cfg, progress=not args.quiet, checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every,
-        resume_from=args.resume,
+        cfg, data, progress=not args.quiet, checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every,
+        resume_from=args.resume, log_path=args.log,
     )
-    if args.json:
-        result.to_json(args.json)
-    print(result.summary())
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, rank 0 reports
+        if args.json:
+            result.to_json(args.json)
+        print(result.summary())
     return 0
 
 
@@ -41,6 +51,109 @@ _OVERRIDES = {
 }
 
 
+def _full_run_commands(sub) -> None:
+    """The full run's commands: download, tokenizer, plan, speedrun (the toy scoreboard)."""
+    p = sub.add_parser("download", help="download FineWeb-edu shards (resumable, verified)",
+                       description="Download shards 0..N-1 of karpathy/fineweb-edu-100b-shuffle; the last is the val split.")
+    p.add_argument("--shards", type=int, required=True, help="how many shards (~100 MB each); nanochat's run 1 used 240")
+    p.add_argument("--dir", required=True, help="folder for the parquet shards")
+    p.set_defaults(func=lambda a: _call("download", "download_shards", a.shards, a.dir) and 0)
+    p = sub.add_parser("tokenizer", help="train the BPE tokenizer on downloaded shards")
+    p.add_argument("--dir", required=True, help="folder with the parquet shards")
+    p.add_argument("--vocab", type=int, default=32_768, help="vocabulary size including BOS (speedrun: 32768)")
+    p.add_argument("--max-chars", type=int, default=2_000_000_000, help="characters of text to train on")
+    p.add_argument("--out", required=True, help="where to write the tokenizer JSON")
+    p.set_defaults(func=_tokenizer)
+    p = sub.add_parser("plan", help="dry-run planner: parameters, FLOPs, memory, time and cost of a run")
+    p.add_argument("--scale", default="speedrun", choices=SCALES)
+    p.add_argument("--stage", default="packing", choices=list(STAGES))
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpu", default="h100", help="h100, h200, a100")
+    p.add_argument("--mfu", type=float, default=0.5, help="model FLOPs utilization to assume")
+    p.add_argument("--price", type=float, default=3.0, help="dollars per GPU-hour")
+    p.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
+    p.set_defaults(func=_plan)
+    p = sub.add_parser("speedrun", help="the scoreboard: every ladder stage on this machine vs the gpt2 baseline")
+    p.add_argument("--scale", default="toy", choices=SCALES)
+    p.add_argument("--seconds", type=float, default=300.0, help="training seconds per stage (equal wall-time budget)")
+    p.add_argument("--stages", nargs="*", default=None, help="a subset of the ladder (default: every built stage)")
+    p.add_argument("--out", default="speedrun_scoreboard", help="path prefix for the .json and .png")
+    p.set_defaults(func=lambda a: _call("scoreboard", "main_cli", a))
+    for name, text in (("evaluate", "val loss and bits per byte of a checkpoint"), ("sample", "sample text from a checkpoint")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--checkpoint", required=True, help="a checkpoint written by train --checkpoint")
+        p.add_argument("--data", metavar="DIR", help="FineWeb-edu shards (with --tokenizer); default: the toy corpus")
+        p.add_argument("--tokenizer", metavar="PATH", help="the tokenizer JSON of the run")
+        p.add_argument("--device", default="auto")
+        if name == "sample":
+            p.add_argument("--prompt", default="The capital of France is")
+            p.add_argument("--tokens", type=int, default=64, help="new tokens to sample")
+        p.set_defaults(func=_evaluate_or_sample)
+
+
+def _evaluate_or_sample(args: argparse.Namespace) -> int:
+    """Load a checkpoint with the data it was trained on; print its val bpb, or a sample."""
+    from .config import Config
+    from .data import toy_data
+    from .evaluate import evaluate, sample
+    from .model import GPT
+    from .train import autocast_for, load_checkpoint, pick_device
+
+    device = pick_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, map_location=device)
+    cfg = Config.from_dict(ckpt["config"])
+    if args.data and args.tokenizer:
+        from .download import fineweb_data
+
+        data = fineweb_data(args.data, args.tokenizer, cfg.train.eval_tokens)
+    else:
+        data = toy_data(cfg.model.vocab_size)
+    model = GPT(cfg.model).to(device)
+    model.load_state_dict(ckpt["model"])
+    if args.command == "sample":
+        print(args.prompt + sample(model, data.enc, args.prompt, max_new_tokens=args.tokens))
+        return 0
+    autocast = autocast_for(device, cfg.train.bf16)
+    metrics = evaluate(model, data.stream("val"), data.token_bytes, cfg.train.batch_size, cfg.train.eval_tokens, autocast)
+    print(f"step {ckpt['step']}: val loss {metrics['loss']:.4f} nats/token, {metrics['bpb']:.4f} bits per byte")
+    return 0
+    p = sub.add_parser("bench", help="tokens/s of the gpt2, flash-attention and compile stages, and naive vs SDPA attention")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one compiles)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (e.g. book/results/bench_toy.json)")
+    p.set_defaults(func=lambda a: _call("bench", "run_bench", a.steps, a.warmup, a.json) and 0)
+
+
+def _call(module: str, fn: str, *args):
+    import importlib
+
+    return getattr(importlib.import_module(f"nanogpt_core.{module}"), fn)(*args)
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from .download import train_tokenizer_on_shards
+    from .tokenizer import save_tokenizer
+
+    enc = train_tokenizer_on_shards(args.dir, args.vocab, args.max_chars)
+    save_tokenizer(enc, args.out)
+    print(f"wrote a {enc.n_vocab}-token tokenizer to {args.out}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from .plan import make_plan
+
+    plan = make_plan(args.scale, args.stage, args.gpus, args.nodes, args.gpu, args.mfu, args.price)
+    print(plan.report())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(plan.to_dict(), f, indent=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nanogpt_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,8 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here (at the end, and every --checkpoint-every steps)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="checkpoint interval in steps (0: only at the end)")
     p.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    p.add_argument("--data", metavar="DIR", help="train on the FineWeb-edu shards in DIR (needs --tokenizer)")
+    p.add_argument("--tokenizer", metavar="PATH", help="the tokenizer JSON written by the `tokenizer` command")
+    p.add_argument("--log", metavar="PATH", help="append one JSON line per step and per evaluation to this file")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_train)
+    _full_run_commands(sub)
+    from .classroom import add_commands as classroom_commands  # student, exercises, grade
+
+    classroom_commands(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 STAGES: dict[str, str] = {
     "gpt2": "GPT-2 (2019): learned positions, LayerNorm, GELU, tied embeddings, AdamW, cosine LR, plain token stream",
     "flash-attention": "fused attention kernel (FA3 on Hopper, SDPA elsewhere) + SSSL sliding windows",
-    "compile": "torch.compile of model and optimizer step, bf16 autocast",
+    "compile": "torch.compile of the model, a fused AdamW step, bf16 autocast",
     "muon": "Muon (Polar Express, NorMuon, cautious weight decay) for hidden matrices, AdamW for the rest",
     "modern-block": "RoPE, QK-norm, RMSNorm, untied head, no biases, ReLU^2, logit softcap, zero-init projections",
     "value-embeddings": "value embeddings on alternating layers, per-layer residual scalars",
@@ -113,6 +113,13 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 = off
+    # optimizer="muon" (nanochat's defaults, unscaled by batch size; see chapter 05_muon)
+    matrix_lr: float = 0.02  # Muon, hidden matrices of the blocks
+    embedding_lr: float = 0.3  # AdamW, token/position/value embeddings (x (n_embd/768)^-0.5)
+    unembedding_lr: float = 0.004  # AdamW, lm_head and a tied table (x (n_embd/768)^-0.5)
+    scalar_lr: float = 0.5  # AdamW, x0 residual scalars (resid scalars get 0.01x)
+    muon_momentum: float = 0.95  # warmed up from 0.85 over the first 300 steps
+    muon_weight_decay: float = 0.2  # cautious, at depth 12; x (12/n_layer)^2, decays linearly to 0
     schedule: str = "cosine"  # "cosine" (warmup, cosine decay) or "warmdown" (constant, then linear)
     warmup_steps: int = 20
     warmdown_frac: float = 0.4  # warmdown: fraction of the steps spent decaying
@@ -206,7 +213,9 @@ SCALE_PRESETS: dict[str, dict] = {
     ),
     "speedrun": dict(
         vocab_size=32_768, n_layer=24, n_head=12, n_embd=1536, seq_len=2048,
-        batch_size=16, grad_accum=4, steps=16_704, warmup_steps=0, eval_every=250, eval_tokens=10 * 2**20,
+        # 524,288 tokens/step = 16 rows x 2048 x 8 GPUs x grad_accum 2 (on N GPUs: grad_accum 16/N;
+        # `python -m nanogpt_core plan --gpus N` prints it); 16,704 steps = 12 x 729.8M scaling params
+        batch_size=16, grad_accum=2, steps=16_704, warmup_steps=0, eval_every=250, eval_tokens=10 * 2**20,
     ),
 }
 
@@ -214,6 +223,19 @@ SCALE_PRESETS: dict[str, dict] = {
 # not been built yet raises NotImplementedError from stage_config (it is declared, not faked).
 STAGE_SWITCHES: dict[str, dict] = {
     "gpt2": {},
+    # nanochat run 1: "SSSL", short window = seq_len / 2 (later versions: seq_len / 4)
+    "flash-attention": dict(attn_backend="auto", window_pattern="SSSL", short_window=0.5),
+    "compile": dict(compile=True, bf16=True),
+    # nanochat run 1: Muon + AdamW, constant LR then linear warmdown to 0, no clipping
+    "muon": dict(optimizer="muon", schedule="warmdown", warmup_steps=0, warmdown_frac=0.4, final_lr_frac=0.0,
+                 grad_clip=0.0),
+    "modern-block": dict(
+        pos_emb="rope", norm="rmsnorm", mlp="relu2", bias=False, tie_embeddings=False,
+        qk_norm=True, logit_softcap=15.0, zero_init_proj=True,
+    ),
+    "value-embeddings": dict(value_embeds=True, resid_scalars=True),
+    "bos-loader": dict(loader="bos"),  # every row starts at a document's BOS (greedy crop)
+    "packing": dict(loader="bestfit"),  # BestFit-Crop: rows 100% full, fewer tokens cropped
 }
 
 

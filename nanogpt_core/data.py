@@ -159,7 +159,9 @@ class TokenStreamLoader:
     """The 2019 loader: rows of T+1 tokens cut from one long stream at random offsets.
 
     Batch ``step`` is a pure function of (seed, step, rank), so the loader is deterministic,
-    resumable from its step alone, and different on every rank.
+    resumable from its step alone, and different on every rank. The ranks share one global
+    batch of ``batch_size * world_size`` rows and rank r takes rows [r B, (r+1) B): together
+    they see exactly the batch one process with ``batch_size * world_size`` rows would see.
     """
 
     def __init__(self, tokens: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -169,8 +171,9 @@ class TokenStreamLoader:
         self.seed, self.rank, self.world_size, self.step = seed, rank, world_size, 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step * self.world_size + self.rank)
-        starts = torch.randint(0, self.tokens.numel() - self.T - 1, (self.B,), generator=g)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step)
+        starts = torch.randint(0, self.tokens.numel() - self.T - 1, (self.B * self.world_size,), generator=g)
+        starts = starts[self.rank * self.B : (self.rank + 1) * self.B]
         rows = torch.stack([self.tokens[s : s + self.T + 1] for s in starts.tolist()])
         self.step += 1
         return rows[:, :-1], rows[:, 1:]

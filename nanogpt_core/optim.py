@@ -38,14 +38,19 @@ def lr_multiplier(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on 2-D weights and none on biases and norm gains."""
+    if cfg.optimizer == "muon":  # Muon for block matrices, AdamW for the rest (see muon.py)
+        from .muon import build_muon_adamw
+
+        return build_muon_adamw(model, cfg)
     if cfg.optimizer != "adamw":
-        raise NotImplementedError(f"optimizer {cfg.optimizer!r} is not built yet; use 'adamw'")
+        raise NotImplementedError(f"optimizer {cfg.optimizer!r} is not built yet; use 'adamw' or 'muon'")
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+    # fused: one kernel for the whole update (the `compile` stage; see compile.py for why not torch.compile)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=cfg.compile or None)
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]
     return opt

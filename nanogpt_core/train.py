@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import sys
@@ -24,6 +25,7 @@ from .config import Config
 from .data import TokenizedCorpus, TokenStreamLoader, toy_data
 from .evaluate import evaluate
 from .model import GPT
+from .compile import compile_model, eval_model
 from .optim import build_optimizer, lr_multiplier, set_lr
 
 
@@ -42,8 +44,10 @@ class RunResult:
     flops_per_token: int
     steps: int = 0
     tokens: int = 0
-    wall_seconds: float = 0.0  # training time only (evaluation excluded)
-    tokens_per_second: float = 0.0
+    wall_seconds: float = 0.0  # training time only (evaluation and each process's first step excluded)
+    tokens_per_second: float = 0.0  # over the timed steps
+    compile_seconds: float = 0.0  # each process's first step: compilation and warm-up, not in wall_seconds
+    step_seconds: list[float] = field(default_factory=list)  # wall time of every step, the first included
     losses: list[float] = field(default_factory=list)  # train loss at every step
     val: list[dict] = field(default_factory=list)  # {step, tokens, seconds, loss, bpb}
     final_val_loss: float | None = None
@@ -195,12 +199,17 @@ def train(
     checkpoint_every: int = 0,
     resume_from: str | Path | None = None,
     stop_after: int | None = None,
+    log_path: str | Path | None = None,
+    model_cls: type[GPT] = GPT,
 ) -> tuple[GPT, RunResult]:
     """Train ``cfg`` on ``data`` (the toy corpus by default). Returns the model and its RunResult.
 
     ``checkpoint_path``/``checkpoint_every`` write checkpoints during the run (and at its end);
     ``resume_from`` continues a run from one. ``stop_after`` ends the run early after that many
-    steps (the schedule still spans ``cfg.train.steps``), as a crash would.
+    steps (the schedule still spans ``cfg.train.steps``), as a crash would. ``log_path`` appends
+    one JSON line per step ({"kind": "step", ...}) and per evaluation ({"kind": "eval", ...}).
+    A loss that is NaN or inf stops the run with an error naming the last good checkpoint.
+    ``model_cls``: a GPT subclass for a variant outside the ladder (e.g. ``ablations_negative``).
     """
     cfg = cfg.validate()
     t = cfg.train
@@ -211,7 +220,7 @@ def train(
         raise ValueError(f"the tokenizer has {data.enc.n_vocab} tokens but vocab_size={cfg.model.vocab_size}")
 
     torch.manual_seed(t.seed)
-    model = GPT(cfg.model).to(device)
+    model = model_cls(cfg.model).to(device)
     optimizer = build_optimizer(model, t)
     loader = build_loader(cfg, data, rank, world_size)
     autocast = autocast_for(device, t.bf16)
@@ -228,16 +237,27 @@ def train(
         loader.load_state_dict(ckpt["loader"])
         result = RunResult(**ckpt["result"])
         start_step = ckpt["step"]
-    fwd = torch.compile(model) if t.compile else model
+    fwd = compile_model(model) if t.compile else model
     val_tokens = data.stream("val")
     tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * world_size
 
     def run_eval(step: int) -> None:
-        metrics = evaluate(fwd, val_tokens, data.token_bytes, t.batch_size, t.eval_tokens, autocast)
+        metrics = evaluate(eval_model(model, fwd, device), val_tokens, data.token_bytes, t.batch_size, t.eval_tokens, autocast)
         result.val.append({"step": step, "tokens": result.tokens, "seconds": result.wall_seconds, **metrics})
+        write_log("eval", **result.val[-1])
+
+    log = open(log_path, "a") if log_path and rank == 0 else None  # noqa: SIM115 (closed at the end)
+
+    def write_log(kind: str, **record) -> None:
+        if log is not None:
+            log.write(json.dumps({"kind": kind, **record}) + "\n")
+            log.flush()
+
+    last_good = f"{resume_from} (step {start_step})" if resume_from is not None else None
 
     bar = Progress(t.steps - start_step, f"{cfg.stage}@{cfg.scale}", enabled=progress and rank == 0)
     last_step = min(t.steps, stop_after if stop_after is not None else t.steps)
+    timed_tokens = result.tokens_per_second * result.wall_seconds  # earlier segments of a resumed run
     for step in range(start_step, last_step):
         if t.eval_every and step % t.eval_every == 0 and not any(v["step"] == step for v in result.val):
             run_eval(step)
@@ -263,20 +283,37 @@ def train(
         loss_value = loss_sum.item() / t.grad_accum
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        result.wall_seconds += time.perf_counter() - t0
+        result.step_seconds.append(time.perf_counter() - t0)
+        if step == start_step:  # compilation and warm-up, reported apart so runs compare by steady speed
+            result.compile_seconds += result.step_seconds[-1]
+        else:
+            result.wall_seconds += result.step_seconds[-1]
+            timed_tokens += tokens_per_step
         result.steps, result.tokens = step + 1, result.tokens + tokens_per_step
         result.losses.append(loss_value)
-        if not torch.isfinite(torch.tensor(loss_value)):
-            raise FloatingPointError(f"the loss became {loss_value} at step {step}; lower the learning rate")
+        if not math.isfinite(loss_value):
+            if log is not None:
+                log.close()
+            raise FloatingPointError(
+                f"the loss became {loss_value} at step {step + 1}; training stopped. Last good checkpoint: "
+                + (last_good or "none (checkpoint with --checkpoint PATH --checkpoint-every N)")
+                + ". Resume from it with a lower learning rate, or look for bad data in this step's batch."
+            )
+        write_log("step", step=step + 1, loss=loss_value, lr=lr_multiplier(step, t.steps, t), tokens=result.tokens,
+                  seconds=round(result.wall_seconds, 4))
         bar.update(step + 1, loss=loss_value)
-        if checkpoint_path and checkpoint_every and (step + 1) % checkpoint_every == 0 and rank == 0:
-            save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result)
+        if checkpoint_path and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            if rank == 0:  # one writer; every rank can read it back (map_location)
+                save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result)
+            last_good = f"{checkpoint_path} (step {step + 1})"
     bar.close()
     if last_step == t.steps:
         if not result.val or result.val[-1]["step"] != t.steps:
             run_eval(t.steps)
         result.final_val_loss, result.final_val_bpb = result.val[-1]["loss"], result.val[-1]["bpb"]
-    result.tokens_per_second = result.tokens / max(result.wall_seconds, 1e-9)
+    result.tokens_per_second = timed_tokens / max(result.wall_seconds, 1e-9)
+    if log is not None:
+        log.close()
     if checkpoint_path and rank == 0:
         save_checkpoint(checkpoint_path, model, optimizer, loader, last_step, cfg, result)
     return model, result

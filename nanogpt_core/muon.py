@@ -1,0 +1,410 @@
+"""Muon: steepest descent under the spectral norm, for the hidden matrices of the transformer.
+
+For a weight matrix W with gradient G, the step that decreases the linearized loss <G, dW>
+the most among all steps of spectral norm at most eta is
+
+    dW = -eta * U V^T        where G = U S V^T is the (reduced) SVD,
+
+i.e. the gradient with every singular value set to 1 (its "polar factor"). Muon applies this
+to the Nesterov momentum of the gradient and computes U V^T without an SVD, with a few
+matrix-multiply iterations X <- a X + (b A + c A^2) X, A = X X^T (an odd polynomial in the
+singular values, leaving U and V alone):
+
+- Newton-Schulz quintic (Keller Jordan's original Muon): the same (a, b, c) every step;
+  singular values end in a band around 1 (roughly 0.7 to 1.2), not at 1.
+- Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv 2505.16932): a different, optimal
+  (a, b, c) at each step; after 5 steps the singular values sit much closer to 1.
+
+One Muon step for a matrix W (rows x cols), as in nanochat's optim.py:
+
+    b  <- beta b + (1 - beta) G                      momentum (beta warms up 0.85 -> 0.95)
+    G' = (1 - beta) G + beta b                       Nesterov
+    O  = orthogonalize(G')                           Polar Express, 5 steps
+    v  <- beta2 v + (1 - beta2) mean(O^2)            NorMuon: per row (per column if wide)
+    O  <- O / sqrt(v), rescaled to the Frobenius norm O had before
+    W  <- W - lr_eff (O + wd * 1[O * W >= 0] * W)    cautious weight decay
+    lr_eff = lr * sqrt(max(1, rows / cols))
+
+The distributed path (world_size > 1) gives each rank whole matrices: gradients of same-shape
+matrices are stacked, padded to a multiple of the world size and reduce-scattered; each rank
+updates the matrices it owns (and keeps their optimizer state only); the new values are
+all-gathered.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+# The original Muon quintic: chosen to maximize the slope at 0, not to converge to 1.
+NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
+
+# Polar Express, 5 steps, safety factor 2e-2, cushion 2 (arXiv 2505.16932; the values
+# nanochat's optim.py uses).
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+METHODS = ("polar_express", "newton_schulz")
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def iteration_coeffs(method: str = "polar_express", steps: int = 5) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each of ``steps`` iterations of ``method``."""
+    if method == "newton_schulz":
+        return [NEWTON_SCHULZ_COEFFS] * steps
+    if method == "polar_express":
+        if steps > len(POLAR_EXPRESS_COEFFS):
+            raise ValueError(f"Polar Express coefficients exist for at most {len(POLAR_EXPRESS_COEFFS)} steps, got {steps}")
+        return list(POLAR_EXPRESS_COEFFS[:steps])
+    raise ValueError(f"method={method!r} is not known; choose one of {METHODS}")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on CUDA (tensor cores; the iteration is stable in bf16), fp32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def newton_schulz_step(X: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
+    """One quintic step X <- a X + (b A + c A^2) X with A = X X^T (for wide or square X).
+
+    On the SVD X = U S V^T this maps every singular value s to a s + b s^3 + c s^5.
+    """
+    A = X @ X.mT
+    return a * X + (b * A + c * (A @ A)) @ X
+
+
+def singular_value_map(s: torch.Tensor, method: str = "polar_express", steps: int = 5) -> torch.Tensor:
+    """What ``steps`` iterations do to a singular value s in [0, 1] (a scalar polynomial)."""
+    for a, b, c in iteration_coeffs(method, steps):
+        s = a * s + b * s**3 + c * s**5
+    return s
+
+
+def orthogonalize(
+    G: torch.Tensor, steps: int = 5, method: str = "polar_express", dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Approximately U V^T for G = U S V^T; works on a matrix (m, n) or a stack (..., m, n).
+
+    G is first divided by its Frobenius norm (times 1.02 for Polar Express, as nanochat does,
+    a safety margin for bf16 rounding), so every singular value lies in [0, 1]. Tall matrices
+    are transposed so that the Gram matrix A is the smaller one (X^T X instead of X X^T).
+    ``dtype``: bf16 by default on CUDA, fp32 on CPU. The result has that dtype.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"orthogonalize needs a matrix or a stack of matrices, got shape {tuple(G.shape)}")
+    coeffs = iteration_coeffs(method, steps)
+    X = G.to(dtype or default_dtype(G.device))
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    safety = 1.02 if method == "polar_express" else 1.0
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + 1e-7)
+    for a, b, c in coeffs:
+        X = newton_schulz_step(X, a, b, c)
+    return X.mT if tall else X
+
+
+def normuon_normalize(O: torch.Tensor, second_moment: torch.Tensor, beta2: float | torch.Tensor) -> torch.Tensor:
+    """NorMuon (arXiv 2510.05491): equalize the update's scale across neurons.
+
+    v <- beta2 v + (1 - beta2) mean(O^2) per row (per column when the matrix is wide), in
+    place in ``second_moment`` (shape (..., rows, 1) or (..., 1, cols)); returns O / sqrt(v)
+    rescaled to the Frobenius norm of O.
+    """
+    red_dim = -1 if O.size(-2) >= O.size(-1) else -2
+    O32 = O.float()
+    second_moment.lerp_(O32.square().mean(dim=red_dim, keepdim=True).to(second_moment.dtype), 1 - beta2)
+    scaled = O32 * second_moment.float().clamp_min(1e-10).rsqrt()
+    norm_before = O32.norm(dim=(-2, -1), keepdim=True)
+    norm_after = scaled.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10)
+    return (scaled * (norm_before / norm_after)).to(O.dtype)
+
+
+def cautious_weight_decay(W: torch.Tensor, update: torch.Tensor, lr, wd) -> torch.Tensor:
+    """W - lr (update + wd * 1[update * W >= 0] * W): decay only where it agrees with the update.
+
+    (arXiv 2510.12402.) Returns a new tensor; the optimizer does the same in place.
+    """
+    mask = (update * W) >= 0
+    return W - lr * (update + wd * mask * W)
+
+
+def shape_lr_factor(rows: int, cols: int) -> float:
+    """sqrt(max(1, rows / cols)): tall matrices take a larger step (nanochat's factor)."""
+    return math.sqrt(max(1.0, rows / cols))
+
+
+def muon_update_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    momentum_buffer: torch.Tensor,
+    second_moment: torch.Tensor | None,
+    momentum,
+    lr,
+    weight_decay,
+    beta2,
+    steps: int = 5,
+    method: str = "polar_express",
+    dtype: torch.dtype | None = None,
+) -> None:
+    """One Muon step, in place, on a matrix or a stack of same-shape matrices (see the module doc).
+
+    ``momentum``, ``lr``, ``weight_decay``, ``beta2`` may be floats or 0-D tensors (tensors keep a
+    compiled version of this function from recompiling when the schedules change them).
+    ``lr`` is the group's learning rate; the shape factor is applied here. ``second_moment``
+    None turns NorMuon off.
+    """
+    momentum_buffer.lerp_(grad, 1 - momentum)
+    g = grad.lerp(momentum_buffer, momentum)
+    O = orthogonalize(g, steps, method, dtype).to(param.dtype)
+    if second_moment is not None:
+        O = normuon_normalize(O, second_moment, beta2)
+    lr = lr * shape_lr_factor(param.size(-2), param.size(-1))
+    mask = (O * param) >= 0
+    param.sub_(lr * (O + weight_decay * mask * param))
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D (or stacked) weight matrices, single- or multi-process.
+
+    Per group: ``lr`` (0.02), ``momentum`` (0.95, warmed up from ``momentum_start`` 0.85 over
+    ``momentum_warmup`` 300 steps), ``beta2`` (NorMuon, 0.95; None turns it off),
+    ``weight_decay`` (cautious; decays linearly to 0 over ``total_steps`` when that is set),
+    ``ns_steps`` (5), ``method`` ("polar_express" or "newton_schulz"). ``dtype`` is the
+    orthogonalization's precision (default: bf16 on CUDA, fp32 on CPU).
+
+    With ``world_size > 1`` (inside an initialized process group) ``step()`` averages the
+    gradients of its own parameters across processes itself: do not all-reduce them before.
+    ``self_synced_params`` lists them for the training loop.
+    """
+
+    def __init__(
+        self, params, lr: float = 0.02, momentum: float = 0.95, momentum_start: float = 0.85,
+        momentum_warmup: int = 300, beta2: float | None = 0.95, weight_decay: float = 0.0,
+        total_steps: int | None = None, ns_steps: int = 5, method: str = "polar_express",
+        dtype: torch.dtype | None = None, world_size: int | None = None, compile: bool = False,
+    ):
+        iteration_coeffs(method, ns_steps)  # validates both
+        if lr <= 0 or not 0 <= momentum < 1 or (beta2 is not None and not 0 <= beta2 < 1):
+            raise ValueError(f"need lr > 0, 0 <= momentum < 1, 0 <= beta2 < 1; got {lr}, {momentum}, {beta2}")
+        defaults = dict(lr=lr, momentum=momentum, momentum_start=momentum_start, momentum_warmup=momentum_warmup,
+                        beta2=beta2, weight_decay=weight_decay, total_steps=total_steps, ns_steps=ns_steps,
+                        method=method, step=0)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"Muon takes matrices only; got a parameter of shape {tuple(p.shape)}, give it to AdamW")
+        self.dtype = dtype
+        if world_size is None:
+            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.world_size = world_size
+        self.rank = dist.get_rank() if world_size > 1 else 0
+        self.self_synced_params = [p for g in self.param_groups for p in g["params"]] if world_size > 1 else []
+        self._update = torch.compile(muon_update_, dynamic=False) if compile else muon_update_
+        # 0-D CPU tensors for the scheduled values: compiled code reads them, never recompiles
+        self._hyper = {k: torch.tensor(0.0) for k in ("momentum", "lr", "weight_decay", "beta2")}
+
+    @staticmethod
+    def scheduled(group: dict) -> dict:
+        """This step's momentum and weight decay (warmup / linear decay), from the group's counter."""
+        step = group["step"]
+        frac = min(1.0, step / group["momentum_warmup"]) if group["momentum_warmup"] else 1.0
+        momentum = group["momentum_start"] + frac * (group["momentum"] - group["momentum_start"])
+        wd = group["weight_decay"]
+        if group["total_steps"]:
+            wd *= max(0.0, 1 - step / group["total_steps"])
+        return dict(momentum=momentum, lr=group["lr"], weight_decay=wd, beta2=group["beta2"] or 0.0)
+
+    def _state_for(self, p: torch.Tensor, use_normuon: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p)
+            if use_normuon:
+                rows, cols = p.shape[-2:]
+                shape = (*p.shape[:-1], 1) if rows >= cols else (*p.shape[:-2], 1, cols)
+                state["second_moment"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
+        return state["momentum_buffer"], state.get("second_moment")
+
+    def _update_stack(self, group: dict, params: list[torch.Tensor], grads: torch.Tensor) -> torch.Tensor:
+        """Update ``params`` (same shape) with stacked ``grads``; returns the stacked new values."""
+        use_normuon = group["beta2"] is not None
+        states = [self._state_for(p, use_normuon) for p in params]
+        stacked = torch.stack([p.detach() for p in params])
+        buf = torch.stack([s[0] for s in states])
+        v = torch.stack([s[1] for s in states]) if use_normuon else None
+        self._update(stacked, grads, buf, v, *self._hyper.values(), group["ns_steps"], group["method"], self.dtype)
+        for i, (b, s) in enumerate(states):
+            b.copy_(buf[i])
+            if s is not None:
+                s.copy_(v[i])
+        return stacked
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("Muon.step takes no closure")
+        for group in self.param_groups:
+            for key, value in self.scheduled(group).items():
+                self._hyper[key].fill_(value)
+            by_shape: dict[tuple, list[torch.Tensor]] = {}
+            for p in group["params"]:
+                if self.world_size > 1 or p.grad is not None:
+                    by_shape.setdefault(tuple(p.shape), []).append(p)
+            for params in by_shape.values():
+                if self.world_size == 1:
+                    new = self._update_stack(group, params, torch.stack([p.grad for p in params]))
+                    torch._foreach_copy_(params, list(new.unbind(0)))
+                else:
+                    self._step_distributed(group, params)
+            group["step"] += 1
+
+    def _step_distributed(self, group: dict, params: list[torch.Tensor]) -> None:
+        """Reduce-scatter the stacked gradients, update the owned matrices, all-gather."""
+        W, K = self.world_size, len(params)
+        chunk = -(-K // W)  # ceil(K / W): matrices per rank; the stack is padded to chunk * W
+        p0 = params[0]
+        grads = torch.zeros(chunk * W, *p0.shape, dtype=p0.dtype, device=p0.device)
+        for i, p in enumerate(params):
+            if p.grad is None:
+                raise RuntimeError("distributed Muon needs a gradient for every parameter on every rank")
+            grads[i].copy_(p.grad)
+        my_grads = torch.empty(chunk, *p0.shape, dtype=p0.dtype, device=p0.device)
+        dist.reduce_scatter_tensor(my_grads, grads)  # SUM: gloo has no AVG reduce-scatter
+        my_grads /= W
+        start = self.rank * chunk
+        owned = params[start : start + chunk]
+        new = torch.zeros_like(my_grads)
+        if owned:
+            new[: len(owned)] = self._update_stack(group, owned, my_grads[: len(owned)])
+        gathered = grads  # reuse the gradient buffer for the gathered values
+        _all_gather(gathered, new)
+        torch._foreach_copy_(params, list(gathered[:K].unbind(0)))
+
+
+# ---- the speedrun's optimizer: Muon for hidden matrices, AdamW for the rest -------------------
+
+
+class MuonAdamW:
+    """Several optimizers stepped as one (AdamW for embeddings/head/scalars, Muon for matrices).
+
+    ``param_groups`` is the concatenation of theirs, so a scheduler that sets
+    ``group["lr"] = group["initial_lr"] * m`` on every group schedules them all.
+    """
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.self_synced_params = [p for opt in optimizers.values() for p in getattr(opt, "self_synced_params", [])]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def route_parameters(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.Tensor]]]:
+    """Sort every trainable parameter into exactly one role, by name and shape.
+
+    muon:       2-D matrices inside the transformer blocks
+    unembed:    the output head (and a token table tied to it)
+    embed:      token and value-embedding tables
+    position:   a learned position table (it takes the rate of the token table it is added to)
+    x0_scalar / resid_scalar: per-layer residual scalars (names with 'x0' / 'resid' and 'lambda')
+    vector:     every other 0-D or 1-D parameter (norm gains, biases)
+    Anything else raises, so no parameter is silently forgotten.
+    """
+    head = getattr(model, "lm_head", None)
+    head_weight = head.weight if head is not None else None
+    roles: dict[str, list] = {k: [] for k in ("muon", "unembed", "embed", "position", "x0_scalar", "resid_scalar", "vector")}
+    for name, p in model.named_parameters():  # a tied tensor appears once, under its first name
+        if not p.requires_grad:
+            continue
+        leaf = name.split(".")
+        if p is head_weight or leaf[0] == "lm_head":
+            role = "unembed"
+        elif "wpe" in leaf:
+            role = "position"
+        elif "value_embed" in name or "wte" in leaf:
+            role = "embed"
+        elif "lambda" in name and "x0" in name:
+            role = "x0_scalar"
+        elif "lambda" in name:
+            role = "resid_scalar"
+        elif p.ndim < 2:
+            role = "vector"
+        elif p.ndim == 2 and ("blocks" in leaf or leaf[:2] == ["transformer", "h"]):
+            role = "muon"
+        else:
+            raise ValueError(f"parameter {name!r} of shape {tuple(p.shape)} has no optimizer group; add a rule to route_parameters")
+        roles[role].append((name, p))
+    n_total = len({id(p) for p in model.parameters() if p.requires_grad})
+    n_routed = len({id(p) for ps in roles.values() for _, p in ps})
+    assert n_total == n_routed == sum(map(len, roles.values())), "a parameter was routed twice or not at all"
+    return roles
+
+
+def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
+    """The speedrun's optimizer for ``model`` with the rates of TrainConfig ``cfg``.
+
+    AdamW (betas (0.8, 0.95), eps 1e-10, no weight decay): head ``unembedding_lr``, embedding
+    tables ``embedding_lr`` (both times (d_model / 768)^-0.5, nanochat's width rule), a learned
+    position table the rate of the token table (the head's when tied), residual
+    scalars ``scalar_lr`` * 0.01, x0 scalars ``scalar_lr`` with beta1 0.96, norm gains and
+    biases the baseline ``lr``. Muon for the block matrices at ``matrix_lr``, cautious weight
+    decay ``muon_weight_decay`` * (12 / n_layer)^2 decayed linearly to 0 over the run.
+    """
+    roles = route_parameters(model)
+    tied = any(name.startswith(("wte", "transformer.wte")) for name, _ in roles["unembed"])
+    d_model = model.cfg.n_embd if hasattr(model, "cfg") else 768
+    width_scale = (d_model / 768) ** -0.5
+    betas = (0.8, 0.95)
+    spec = {
+        "unembed": dict(lr=cfg.unembedding_lr * width_scale, betas=betas),
+        "embed": dict(lr=cfg.embedding_lr * width_scale, betas=betas),
+        # GPT-2's learned positions are added to the token table: same rate as that table (0.3 would drown it)
+        "position": dict(lr=(cfg.unembedding_lr if tied else cfg.embedding_lr) * width_scale, betas=betas),
+        "resid_scalar": dict(lr=cfg.scalar_lr * 0.01, betas=betas),
+        "x0_scalar": dict(lr=cfg.scalar_lr, betas=(0.96, 0.95)),
+        "vector": dict(lr=cfg.lr, betas=betas),
+    }
+    adam_groups = [dict(params=[p for _, p in roles[r]], role=r, **kw) for r, kw in spec.items() if roles[r]]
+    n_layer = model.cfg.n_layer if hasattr(model, "cfg") else 12
+    muon_params = [p for _, p in roles["muon"]]
+    optimizers = {"adamw": torch.optim.AdamW(adam_groups, eps=1e-10, weight_decay=0.0)}
+    if muon_params:
+        groups = {}
+        for p in muon_params:  # one group per shape: the stacks that are updated together
+            groups.setdefault(tuple(p.shape), []).append(p)
+        optimizers["muon"] = Muon(
+            [dict(params=ps, role="muon") for ps in groups.values()], lr=cfg.matrix_lr,
+            momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay * (12 / n_layer) ** 2,
+            total_steps=cfg.steps,
+        )
+    opt = MuonAdamW(optimizers)
+    if opt.self_synced_params and cfg.grad_clip:
+        raise ValueError("grad_clip needs the averaged gradients, but distributed Muon averages its own inside step(); "
+                         "set grad_clip=0 (the muon stage does: nanochat runs without clipping)")
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]
+    return opt

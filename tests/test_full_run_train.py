@@ -1,0 +1,119 @@
+"""Long-run robustness (NaN stop, JSONL log), the FineWeb data path, and the 2-process gloo run."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nanogpt_core.data import TokenStreamLoader
+from nanogpt_core.model import GPT
+from nanogpt_core.train import train
+
+
+class NanAfter(GPT):
+    """A model whose loss turns NaN from the ``bad``-th forward pass on (a diverging run)."""
+
+    bad = 5
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        NanAfter.calls += 1
+        out = super().forward(idx, targets, reduction)
+        return out * float("nan") if self.training and NanAfter.calls >= NanAfter.bad else out
+
+
+def test_nan_stops_the_run_and_names_the_last_good_checkpoint(small_data, tiny_cfg, tmp_path):
+    NanAfter.calls = 0
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 5.*Last good checkpoint: .*run\.pt \(step 4\)"):
+        train(tiny_cfg.replace(steps=10), small_data, progress=False, checkpoint_path=ckpt, checkpoint_every=2,
+              model_cls=NanAfter)
+    assert torch.load(ckpt, weights_only=True)["step"] == 4  # the bad step wrote nothing
+    NanAfter.calls = 0
+    with pytest.raises(FloatingPointError, match="Last good checkpoint: none"):
+        train(tiny_cfg.replace(steps=10), small_data, progress=False, model_cls=NanAfter)
+
+
+def test_jsonl_log_has_one_line_per_step_and_eval(small_data, tiny_cfg, tmp_path):
+    log = tmp_path / "run.jsonl"
+    _, result = train(tiny_cfg.replace(steps=6, eval_every=3), small_data, progress=False, log_path=log)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in steps] == list(range(1, 7))
+    assert [r["loss"] for r in steps] == pytest.approx(result.losses)
+    assert [r["step"] for r in evals] == [0, 3, 6] and evals[-1]["bpb"] == pytest.approx(result.final_val_bpb)
+
+
+def test_ranks_together_see_the_single_process_batch(small_data):
+    tokens = small_data.stream("train")
+    single = TokenStreamLoader(tokens, 8, 16, seed=5)
+    ranks = [TokenStreamLoader(tokens, 4, 16, seed=5, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        x, y = single.next_batch()
+        parts = [loader.next_batch() for loader in ranks]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+
+
+def test_trains_on_fineweb_shards_with_the_packing_loader(tmp_path):
+    from nanogpt_core.config import stage_config
+    from nanogpt_core.download import fineweb_data, train_tokenizer_on_shards
+    from nanogpt_core.tokenizer import save_tokenizer
+
+    words = "the of and to in a is that for it with as was on be by this are from".split()
+    for i in range(3):
+        texts = [" ".join(words[(i + j + k) % len(words)] for k in range(40 + j % 30)) for j in range(300)]
+        pq.write_table(pa.table({"text": texts}), tmp_path / f"shard_{i:05d}.parquet")
+    save_tokenizer(train_tokenizer_on_shards(tmp_path, vocab_size=300), tmp_path / "tok.json")
+    data = fineweb_data(tmp_path, tmp_path / "tok.json", val_tokens=2000)
+    assert callable(data.train_docs) and sum(map(len, data.val_docs)) > 2000
+    cfg = stage_config("packing", "toy", vocab_size=300, n_layer=1, n_embd=32, n_head=2, seq_len=32, batch_size=2,
+                       steps=3, eval_tokens=256, compile=False, bf16=False, device="cpu")
+    _, result = train(cfg, data, progress=False)
+    assert result.steps == 3 and result.final_val_bpb > 0
+
+
+def test_cli_data_needs_a_tokenizer(tmp_path):
+    from nanogpt_core.__main__ import main
+
+    assert main(["train", "--scale", "toy", "--data", str(tmp_path)]) == 2
+
+
+TINY = ["--stage", "gpt2", "--scale", "toy", "--steps", "4", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+        "--seq-len", "32", "--eval-tokens", "512", "--warmup-steps", "1", "--eval-every", "0", "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed")
+def test_two_gloo_processes_match_one_process(tmp_path):
+    """2 ranks x 4 rows with averaged gradients == 1 process x 8 rows: the same losses."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "nanogpt_core", "train", *TINY, "--batch-size", "8",
+                             "--json", str(tmp_path / "one.json")], capture_output=True, text=True, timeout=300, env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    multi = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nanogpt_core", "train", *TINY,
+                            "--batch-size", "4", "--json", str(tmp_path / "two.json")],
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["world_size"] == 2 and one["world_size"] == 1 and two["tokens"] == one["tokens"]
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-4)
+    assert two["final_val_bpb"] == pytest.approx(one["final_val_bpb"], abs=1e-4)
+
+
+def test_cli_evaluate_and_sample_a_checkpoint(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    base = [sys.executable, "-m", "nanogpt_core"]
+    proc = subprocess.run([*base, "train", *TINY, "--batch-size", "4", "--steps", "2", "--checkpoint", str(ckpt)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ev = subprocess.run([*base, "evaluate", "--checkpoint", str(ckpt), "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0 and "step 2: val loss" in ev.stdout and "bits per byte" in ev.stdout, ev.stderr[-2000:]
+    sm = subprocess.run([*base, "sample", "--checkpoint", str(ckpt), "--prompt", "ROMEO", "--tokens", "5", "--device", "cpu"],
+                        capture_output=True, text=True, timeout=300)
+    assert sm.returncode == 0 and sm.stdout.startswith("ROMEO"), sm.stderr[-2000:]

@@ -1,0 +1,282 @@
+"""Muon: orthogonalization against the exact SVD, the update against hand-written formulas,
+the distributed path against the single-process one, and the parameter routing."""
+
+import math
+import socket
+
+import pytest
+import torch
+
+from nanogpt_core.muon import (
+    METHODS, Muon, MuonAdamW, build_muon_adamw, cautious_weight_decay, newton_schulz_step, orthogonalize,
+    route_parameters, singular_value_map,
+)
+
+SHAPES = [(48, 48), (24, 72), (72, 24), (3, 20, 36)]  # square, wide, tall, a stack
+
+
+def polar_factor(G):
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    return U @ Vh
+
+
+def with_spectrum(shape, low, high, generator):
+    """A random matrix (or stack) whose singular values are log-uniform in [low, high]."""
+    *batch, m, n = shape
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(*batch, m, k, generator=generator, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(*batch, n, k, generator=generator, dtype=torch.float64))
+    s = torch.exp(torch.empty(*batch, k, dtype=torch.float64).uniform_(math.log(low), math.log(high), generator=generator))
+    return (U * s.unsqueeze(-2)) @ V.mT
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_singular_values_follow_the_scalar_polynomial(shape, method):
+    # O keeps G's singular vectors; each singular value s/(safety*||G||_F) goes through p(s).
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    O = orthogonalize(G, method=method, dtype=torch.float64)
+    s = torch.linalg.svdvals(G)
+    safety = 1.02 if method == "polar_express" else 1.0
+    expected = singular_value_map(s / (safety * G.norm(dim=(-2, -1)).unsqueeze(-1)), method)
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    torch.testing.assert_close(O, (U * expected.unsqueeze(-2)) @ Vh, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("method, band", [("polar_express", (0.84, 1.15)), ("newton_schulz", (0.67, 1.21))])
+def test_singular_values_land_in_the_promised_band(shape, method, band):
+    # Spectrum within a factor 10: after normalization every value is >= ~0.01, where both work.
+    G = with_spectrum(shape, 0.1, 1.0, torch.Generator().manual_seed(1))
+    O = orthogonalize(G, method=method, dtype=torch.float32).double()
+    s = torch.linalg.svdvals(O)
+    assert band[0] <= s.min() and s.max() <= band[1], (s.min().item(), s.max().item())
+    # O is close to the exact polar factor U V^T (same singular vectors, values near 1)
+    P = polar_factor(G)
+    rel = (O - P).norm(dim=(-2, -1)) / P.norm(dim=(-2, -1))
+    assert (rel < (0.12 if method == "polar_express" else 0.3)).all(), rel
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_polar_express_beats_newton_schulz_at_equal_steps(shape):
+    # At the 5 steps both run (Polar Express's coefficients are optimal for the 5-step
+    # composition; its intermediate iterates are not meant to be good on their own).
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    P = polar_factor(G)
+    err = {m: (orthogonalize(G, 5, m, torch.float64) - P).norm().item() for m in METHODS}
+    assert err["polar_express"] < 0.6 * err["newton_schulz"], err
+
+
+def test_tall_matrices_iterate_on_the_small_gram_matrix():
+    G = torch.randn(40, 8, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(orthogonalize(G), orthogonalize(G.mT).mT)
+    # one step on a wide X is a X + (b A + c A^2) X with the 8 x 8 Gram matrix A = X X^T
+    X = G.mT / G.norm()
+    A = X @ X.mT
+    torch.testing.assert_close(newton_schulz_step(X, 1.5, -0.5, 0.25), 1.5 * X - 0.5 * A @ X + 0.25 * A @ A @ X)
+
+
+def test_dtypes_and_bad_input():
+    G = torch.randn(16, 24)
+    assert orthogonalize(G).dtype == torch.float32  # fp32 on CPU by default
+    O16 = orthogonalize(G, dtype=torch.bfloat16)
+    assert O16.dtype == torch.bfloat16
+    torch.testing.assert_close(O16.float(), orthogonalize(G), atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="matrix"):
+        orthogonalize(torch.randn(5))
+    with pytest.raises(ValueError, match="at most 5"):
+        orthogonalize(G, steps=6)
+    with pytest.raises(ValueError, match="method"):
+        orthogonalize(G, method="svd")
+    with pytest.raises(ValueError, match="AdamW"):
+        Muon([torch.nn.Parameter(torch.zeros(4))])
+
+
+def reference_muon(W, grads, lr, wd, total_steps, beta2=0.95, warmup=300, m0=0.85, m1=0.95):
+    """The update of the module docstring, written out for one matrix, step by step."""
+    W = W.clone().double()
+    rows, cols = W.shape
+    b = torch.zeros_like(W)
+    v = torch.zeros(rows, 1) if rows >= cols else torch.zeros(1, cols)
+    v = v.double()
+    for t, g in enumerate(grads):
+        g = g.double()
+        beta = m0 + min(1, t / warmup) * (m1 - m0)
+        b = beta * b + (1 - beta) * g
+        nesterov = (1 - beta) * g + beta * b
+        O = orthogonalize(nesterov, dtype=torch.float64)
+        mean_sq = (O**2).mean(dim=1, keepdim=True) if rows >= cols else (O**2).mean(dim=0, keepdim=True)
+        v = beta2 * v + (1 - beta2) * mean_sq
+        N = O / v.sqrt()
+        N = N * O.norm() / N.norm()
+        lr_eff = lr * math.sqrt(max(1, rows / cols))
+        wd_t = wd * (1 - t / total_steps)
+        W = W - lr_eff * (N + wd_t * ((N * W) >= 0) * W)
+    return W
+
+
+@pytest.mark.parametrize("shape", [(12, 20), (20, 12), (16, 16)])
+def test_single_matrix_update_matches_the_formulas(shape):
+    gen = torch.Generator().manual_seed(4)
+    W0 = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(*shape, generator=gen, dtype=torch.float64) for _ in range(4)]
+    p = torch.nn.Parameter(W0.clone())
+    opt = Muon([p], lr=0.05, weight_decay=0.3, total_steps=10, momentum_warmup=3, dtype=torch.float64)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+    expected = reference_muon(W0, grads, lr=0.05, wd=0.3, total_steps=10, warmup=3)
+    torch.testing.assert_close(p.detach(), expected, atol=1e-6, rtol=1e-5)  # NorMuon's statistics are fp32
+
+
+def test_plain_muon_is_an_orthogonalized_step():
+    # no momentum, no NorMuon, no weight decay: W <- W - lr * sqrt(max(1, m/n)) * orth(G)
+    W0, G = torch.randn(30, 10), torch.randn(30, 10)
+    p = torch.nn.Parameter(W0.clone())
+    p.grad = G.clone()
+    Muon([p], lr=0.1, momentum=0.0, momentum_start=0.0, beta2=None).step()
+    torch.testing.assert_close(p.detach(), W0 - 0.1 * math.sqrt(3) * orthogonalize(G))
+
+
+def test_cautious_weight_decay_only_where_signs_agree():
+    W = torch.tensor([[1.0, -1.0], [2.0, -2.0]])
+    u = torch.tensor([[0.5, 0.5], [-0.5, -0.5]])
+    # entries (0,0) and (1,1) agree in sign with the update: only they are decayed
+    expected = torch.tensor([[1 - 0.1 * (0.5 + 0.5 * 1.0), -1 - 0.1 * 0.5], [2 + 0.1 * 0.5, -2 - 0.1 * (-0.5 - 0.5 * 2.0)]])
+    torch.testing.assert_close(cautious_weight_decay(W, u, lr=0.1, wd=0.5), expected)
+
+
+def test_schedules_change_values_not_code():
+    p = torch.nn.Parameter(torch.randn(8, 8))
+    opt = Muon([p], weight_decay=0.4, total_steps=100)
+    group = opt.param_groups[0]
+    assert Muon.scheduled(group)["momentum"] == pytest.approx(0.85)
+    group["step"] = 150
+    assert Muon.scheduled(group)["momentum"] == pytest.approx(0.90)
+    assert Muon.scheduled(group)["weight_decay"] == 0.0
+    group["step"] = 50
+    assert Muon.scheduled(group)["weight_decay"] == pytest.approx(0.2)
+
+
+# ---- routing -----------------------------------------------------------------------------------
+
+
+def test_routing_puts_every_parameter_in_exactly_one_group(tiny_cfg):
+    from nanogpt_core.model import GPT
+    from nanogpt_core.optim import build_optimizer, set_lr
+
+    cfg = tiny_cfg.replace(optimizer="muon")
+    model = GPT(cfg.model)
+    opt = build_optimizer(model, cfg.train)
+    assert isinstance(opt, MuonAdamW)
+    grouped = [p for g in opt.param_groups for p in g["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+    roles = {g["role"]: g for g in opt.param_groups}
+    assert model.lm_head.weight in roles["unembed"]["params"]  # tied to wte: the head's rate
+    assert roles["position"]["lr"] == roles["unembed"]["lr"] and roles["position"]["params"] == [model.wpe.weight]
+    muon_ids = {id(p) for g in opt.param_groups if g["role"] == "muon" for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in muon_ids) == (p.ndim == 2 and name.startswith("blocks.")), name
+    set_lr(opt, 0.5)
+    assert all(g["lr"] == 0.5 * g["initial_lr"] for g in opt.param_groups)
+
+
+def test_routing_of_the_speedrun_parameters_and_unknown_ones():
+    class Fake(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = torch.nn.Embedding(10, 8)
+            self.lm_head = torch.nn.Linear(8, 10, bias=False)
+            self.value_embeds = torch.nn.ModuleDict({"1": torch.nn.Embedding(10, 8)})
+            self.resid_lambdas = torch.nn.Parameter(torch.ones(2))
+            self.x0_lambdas = torch.nn.Parameter(torch.zeros(2))
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8, bias=False)])
+
+    roles = {r: [n for n, _ in ps] for r, ps in route_parameters(Fake()).items()}
+    assert roles == {"muon": ["blocks.0.weight"], "unembed": ["lm_head.weight"],
+                     "embed": ["wte.weight", "value_embeds.1.weight"], "x0_scalar": ["x0_lambdas"],
+                     "position": [], "resid_scalar": ["resid_lambdas"], "vector": []}
+    model = Fake()
+    model.stray = torch.nn.Linear(8, 8)
+    with pytest.raises(ValueError, match="stray.weight"):
+        route_parameters(model)
+
+
+def test_muon_stage_trains_and_resumes_its_optimizer_state(small_data, tiny_cfg):
+    from nanogpt_core.model import GPT
+    from nanogpt_core.train import train
+
+    cfg = tiny_cfg.replace(optimizer="muon", schedule="warmdown", warmup_steps=0, grad_clip=0.0)
+    _, result = train(cfg, small_data, progress=False)
+    assert result.losses[-1] < result.losses[0] - 0.5
+    model = GPT(cfg.model)
+    opt = build_muon_adamw(model, cfg.train)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    clone = build_muon_adamw(GPT(cfg.model), cfg.train)
+    clone.load_state_dict(opt.state_dict())
+    assert clone.optimizers["muon"].param_groups[0]["step"] == 1
+
+
+# ---- distributed -------------------------------------------------------------------------------
+
+SHAPES_DIST = [(8, 12)] * 3 + [(16, 8)] * 2 + [(12, 12)]  # 3 matrices: padded to 4 on 2 ranks
+
+
+def _make_params_and_grads(seed=5, steps=3, world_size=2):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(*s, generator=gen) for s in SHAPES_DIST]
+    grads = [[[torch.randn(*s, generator=gen) for s in SHAPES_DIST] for _ in range(world_size)] for _ in range(steps)]
+    return params, grads
+
+
+def _make_opt(params, **kw):
+    groups = {}
+    for p in params:
+        groups.setdefault(tuple(p.shape), []).append(p)
+    return Muon([dict(params=ps) for ps in groups.values()], lr=0.05, weight_decay=0.2, total_steps=10, **kw)
+
+
+def _distributed_worker(rank, world_size, port, out_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    init, grads = _make_params_and_grads(world_size=world_size)
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = _make_opt(params)
+    assert opt.world_size == world_size and len(opt.self_synced_params) == len(params)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads[rank]):  # each rank: its half of the global batch
+            p.grad = g.clone()
+        opt.step()
+    n_state = sum(1 for p in params if opt.state[p])
+    if rank == 0:
+        torch.save({"params": [p.detach() for p in params]}, out_path)
+    torch.save(n_state, f"{out_path}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_two_process_gloo_matches_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "params.pt"
+    mp.spawn(_distributed_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    got = torch.load(out)["params"]
+
+    init, grads = _make_params_and_grads()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = _make_opt(params, world_size=1)
+    for step_grads in grads:
+        for i, p in enumerate(params):  # the global batch's gradient is the mean of the ranks'
+            p.grad = (step_grads[0][i] + step_grads[1][i]) / 2
+        opt.step()
+    for g, p in zip(got, params):
+        torch.testing.assert_close(g, p.detach(), atol=1e-5, rtol=1e-5)
+    # state is sharded: each rank holds state for the matrices it owns only (2+1+1 and 1+1+0)
+    assert sorted(torch.load(f"{out}.{r}") for r in range(2)) == [2, 4]
