@@ -118,6 +118,9 @@ def _evaluate_or_sample(args: argparse.Namespace) -> int:
     metrics = evaluate(model, data.stream("val"), data.token_bytes, cfg.train.batch_size, cfg.train.eval_tokens, autocast)
     print(f"step {ckpt['step']}: val loss {metrics['loss']:.4f} nats/token, {metrics['bpb']:.4f} bits per byte")
     return 0
+
+
+def _bench_command(sub) -> None:
     p = sub.add_parser("bench", help="tokens/s of the gpt2, flash-attention and compile stages, and naive vs SDPA attention")
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one compiles)")
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_train)
     _full_run_commands(sub)
+    _bench_command(sub)
     from .classroom import add_commands as classroom_commands  # student, exercises, grade
 
     classroom_commands(sub)

@@ -148,3 +148,16 @@ def main_cli(args: argparse.Namespace) -> int:
     plot(board["runs"], board["rows"], out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "book" / "results" / "speedrun_scoreboard.json"
+
+
+def show_committed(path: str | Path = COMMITTED) -> dict:
+    """Print and plot the committed toy-scale scoreboard, with where and how it was measured."""
+    board = json.loads(Path(path).read_text())
+    print(f"measured by `python -m nanogpt_core speedrun --scale {board['scale']} --seconds {board['seconds_per_stage']:g}` "
+          f"on {board['hardware']}, {board['date']}, torch {board['torch_version']}")
+    print(format_table(board["rows"], board["target_bpb"]))
+    plot(board["runs"], board["rows"])
+    return board
