@@ -77,11 +77,14 @@ def test_tall_matrices_iterate_on_the_small_gram_matrix():
 
 
 def test_dtypes_and_bad_input():
-    G = torch.randn(16, 24)
+    G = torch.randn(16, 24, generator=torch.Generator().manual_seed(0))
     assert orthogonalize(G).dtype == torch.float32  # fp32 on CPU by default
     O16 = orthogonalize(G, dtype=torch.bfloat16)
     assert O16.dtype == torch.bfloat16
-    torch.testing.assert_close(O16.float(), orthogonalize(G), atol=0.05, rtol=0.05)
+    O32 = orthogonalize(G)
+    # bf16 keeps ~3 significant digits and the 5-step iteration only lands singular values in a
+    # band around 1, so compare whole matrices: the relative error is ~0.056 (max 0.085 over 200 seeds)
+    assert (O16.float() - O32).norm() / O32.norm() < 0.1
     with pytest.raises(ValueError, match="matrix"):
         orthogonalize(torch.randn(5))
     with pytest.raises(ValueError, match="at most 5"):
