@@ -255,6 +255,7 @@ def train(
 
     last_good = f"{resume_from} (step {start_step})" if resume_from is not None else None
 
+    self_synced = {id(p) for p in getattr(optimizer, "self_synced_params", [])}  # distributed Muon syncs its own
     bar = Progress(t.steps - start_step, f"{cfg.stage}@{cfg.scale}", enabled=progress and rank == 0)
     last_step = min(t.steps, stop_after if stop_after is not None else t.steps)
     timed_tokens = result.tokens_per_second * result.wall_seconds  # earlier segments of a resumed run
@@ -270,14 +271,14 @@ def train(
             (loss / t.grad_accum).backward()
             loss_sum += loss.detach()
         if world_size > 1:
-            self_synced = {id(p) for p in getattr(optimizer, "self_synced_params", [])}  # distributed Muon
             for p in model.parameters():
                 if p.grad is not None and id(p) not in self_synced:
                     dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        set_lr(optimizer, lr_multiplier(step, t.steps, t))
+        lr_mult = lr_multiplier(step, t.steps, t)
+        set_lr(optimizer, lr_mult)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss_sum.item() / t.grad_accum
@@ -299,7 +300,7 @@ def train(
                 + (last_good or "none (checkpoint with --checkpoint PATH --checkpoint-every N)")
                 + ". Resume from it with a lower learning rate, or look for bad data in this step's batch."
             )
-        write_log("step", step=step + 1, loss=loss_value, lr=lr_multiplier(step, t.steps, t), tokens=result.tokens,
+        write_log("step", step=step + 1, loss=loss_value, lr=lr_mult, tokens=result.tokens,
                   seconds=round(result.wall_seconds, 4))
         bar.update(step + 1, loss=loss_value)
         if checkpoint_path and checkpoint_every and (step + 1) % checkpoint_every == 0:
