@@ -122,10 +122,11 @@ def _evaluate_or_sample(args: argparse.Namespace) -> int:
 
 def _bench_command(sub) -> None:
     p = sub.add_parser("bench", help="tokens/s of the gpt2, flash-attention and compile stages, and naive vs SDPA attention")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (the first one compiles)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one compiles)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each variant reports its median")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (e.g. book/results/bench_toy.json)")
-    p.set_defaults(func=lambda a: _call("bench", "run_bench", a.steps, a.warmup, a.json) and 0)
+    p.set_defaults(func=lambda a: _call("bench", "run_bench", a.steps, a.warmup, a.json, a.rounds) and 0)
 
 
 def _call(module: str, fn: str, *args):

@@ -14,7 +14,8 @@ Backends, fastest first:
   ``is_causal`` for full windows, an explicit boolean mask (built once, cached) otherwise.
 - ``naive``: the formula written out, materializing the T x T score matrix as GPT-2 did in
   2019; the reference that the tests compare every fast path against.
-``auto`` picks fa3 where it can run, else sdpa.
+``auto`` picks fa3 where it can run, else sdpa, except inside a compiled bf16 graph on a CPU
+with short rows, where it hands the formula to the compiler (``formula_compiles_faster``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,27 @@ def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
 
 # ---- choosing a backend ----------------------------------------------------------------------
 
+# Inside a compiled graph on a CPU, in bf16, for rows up to this length, "auto" runs the
+# formula (naive_attention) and lets Inductor fuse the scale, mask and softmax between two bf16
+# batched matmuls. PyTorch's CPU flash kernel ran no faster in bf16 than in fp32 at these shapes,
+# so the compiled formula won: 1.3-2.0x at T = 256, about even at T = 512, 0.6x at T = 1024
+# (4096 tokens, 4 heads of 64, forward + backward; AMD EPYC, 2 threads, torch 2.13;
+# ``bench.compiled_attention_crossover`` measures it on your machine). The formula keeps the
+# T x T probabilities for the backward pass: 16 MiB per layer at toy scale.
+COMPILED_FORMULA_MAX_T = 256
+
+
+def formula_compiles_faster(q: torch.Tensor) -> bool:
+    """True when "auto" should run the formula for these queries: inside a compiled graph, on a
+    CPU, in bf16, with T <= COMPILED_FORMULA_MAX_T. Everywhere else the fused kernel is faster."""
+    return (
+        torch.compiler.is_compiling()
+        and q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and q.size(-2) <= COMPILED_FORMULA_MAX_T
+    )
+
+
 _fa3: tuple | None = None  # (kernel module or None, reason), decided once per process
 
 
@@ -155,7 +177,11 @@ def resolve_backend(requested: str) -> str:
     if requested == "fa3":
         print_once(f"attention backend: fa3 was asked for but cannot run ({reason}); using sdpa instead")
     else:
-        print_once(f"attention backend: sdpa (PyTorch scaled_dot_product_attention; FA3 unavailable: {reason})")
+        print_once(
+            f"attention backend: sdpa (PyTorch scaled_dot_product_attention; FA3 unavailable: {reason})"
+            + ("" if torch.cuda.is_available() else
+               f"; in a compiled bf16 graph with T <= {COMPILED_FORMULA_MAX_T}, the formula compiled by Inductor")
+        )
     return "sdpa"
 
 
@@ -164,22 +190,21 @@ def causal_attention(
 ) -> torch.Tensor:
     """Causal attention with the named backend and left window. q, k, v: (B, H, T, D) -> (B, H, T, D).
 
-    ``backend`` is "naive", "sdpa", "fa3" or "auto" (resolved by ``resolve_backend``). FA3 runs
-    only bf16/fp16 CUDA tensors; anything else takes the sdpa path, which computes the same keys.
+    ``backend`` is "naive", "sdpa", "fa3" or "auto" (resolved per call: ``resolve_backend``, or
+    the formula where ``formula_compiles_faster``). FA3 runs only bf16/fp16 CUDA tensors; anything
+    else takes the sdpa path, which computes the same keys.
     """
+    if backend == "auto" and formula_compiles_faster(q):
+        backend = "naive"
+    backend = resolve_backend(backend)  # "auto" and "fa3" become what can run here
     if backend == "naive":
         return naive_attention(q, k, v, window)
-    if backend == "auto":
-        backend = resolve_backend(backend)
     if backend == "fa3":
         if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
             return fa3_attention(q, k, v, window)
         if not torch.compiler.is_compiling():
             print_once(f"attention: FA3 needs bf16/fp16 CUDA tensors, got {q.dtype} on {q.device.type}; using sdpa")
-        return sdpa_attention(q, k, v, window)
-    if backend == "sdpa":
-        return sdpa_attention(q, k, v, window)
-    raise ConfigError(f"attention backend {backend!r} is unknown; choose one of {', '.join(map(repr, BACKENDS))}")
+    return sdpa_attention(q, k, v, window)
 
 
 # ---- windows per layer -----------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Two measurements, both run on the machine at hand:
 - ``stage_speeds``: trains each variant through ``train.train`` (the loop the chapters use)
   for ``warmup + steps`` steps and reports tokens/s over the steps after the warm-up, with the
-  first step's time (compilation) reported apart.
+  first step's time (compilation) reported apart; the variants take turns over a few rounds
+  and each reports its median round, because this machine's speed drifts by ~15% over minutes.
 - ``attention_scaling``: naive vs SDPA attention, forward + backward time and the activation
   memory each keeps for the backward pass, for growing sequence length T.
 
@@ -30,38 +31,46 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "flash-attention": ("flash-attention", {}),
     "flash-attention + bf16": ("flash-attention", {"bf16": True}),
     "flash-attention + compile": ("flash-attention", {"compile": True}),
+    # compile + bf16 with PyTorch's fused kernel forced inside the graph, to show what the
+    # stage's "auto" choice on a CPU (the formula, compiled: attention.formula_compiles_faster) buys
+    "compile, fused SDPA kept": ("compile", {"attn_backend": "sdpa"}),
     "compile": ("compile", {}),  # = flash-attention + compile + bf16
 }
 
 
 def stage_speeds(
-    variants: dict[str, tuple[str, dict]] | None = None, steps: int = 20, warmup: int = 3, scale: str = "toy",
-    data=None, progress: bool = False, **overrides,
+    variants: dict[str, tuple[str, dict]] | None = None, steps: int = 10, warmup: int = 2, rounds: int = 3,
+    scale: str = "toy", data=None, progress: bool = False, **overrides,
 ) -> list[dict]:
-    """Train each variant ``warmup + steps`` steps; tokens/s over the last ``steps`` steps."""
+    """Train each variant ``warmup + steps`` steps, ``rounds`` times; tokens/s over the timed steps.
+
+    The rounds interleave the variants (A B C, A B C, ...) and each variant reports its median
+    round, so a slow minute on a shared machine lands on every variant instead of on one ratio.
+    """
     from .data import toy_data
     from .train import train
 
     variants = variants or VARIANTS
-    rows = []
-    for name, (stage, switches) in variants.items():
-        cfg = stage_config(stage, scale, steps=warmup + steps, eval_every=0, **{**switches, **overrides})
-        cfg = cfg.replace(eval_tokens=cfg.train.batch_size * cfg.model.seq_len)  # one val batch: speed only
-        data = data or toy_data(cfg.model.vocab_size)
-        _, r = train(cfg, data, progress=progress)
-        timed = r.step_seconds[warmup:]
-        tokens_per_step = r.tokens // r.steps
-        rows.append({
-            "variant": name, "stage": stage, "overrides": switches,
-            "attn_backend": cfg.model.attn_backend, "compile": cfg.train.compile, "bf16": cfg.train.bf16,
-            "tokens_per_second": tokens_per_step * len(timed) / sum(timed),
-            "first_step_seconds": r.step_seconds[0],
-            "warmup_seconds": sum(r.step_seconds[:warmup]),
-            "steps": r.steps, "warmup": warmup, "losses": r.losses,
-        })
-        print(f"{name:<28} {rows[-1]['tokens_per_second']:>9,.0f} tok/s   first step {r.step_seconds[0]:6.1f} s",
-              flush=True)
-    return rows
+    rows = {}
+    for round_ in range(rounds):
+        for name, (stage, switches) in variants.items():
+            cfg = stage_config(stage, scale, steps=warmup + steps, eval_every=0, **{**switches, **overrides})
+            cfg = cfg.replace(eval_tokens=cfg.train.batch_size * cfg.model.seq_len)  # one val batch: speed only
+            data = data or toy_data(cfg.model.vocab_size)
+            _, r = train(cfg, data, progress=progress)
+            timed = r.step_seconds[warmup:]
+            tps = (r.tokens // r.steps) * len(timed) / sum(timed)
+            row = rows.setdefault(name, {
+                "variant": name, "stage": stage, "overrides": switches,
+                "attn_backend": cfg.model.attn_backend, "compile": cfg.train.compile, "bf16": cfg.train.bf16,
+                "first_step_seconds": r.step_seconds[0],  # the first round's: compilation with a cold cache
+                "steps": r.steps, "warmup": warmup, "losses": r.losses, "rounds": [],
+            })
+            row["rounds"].append(tps)
+            row["tokens_per_second"] = statistics.median(row["rounds"])
+            print(f"round {round_ + 1}/{rounds}  {name:<28} {tps:>9,.0f} tok/s   first step {r.step_seconds[0]:6.1f} s",
+                  flush=True)
+    return list(rows.values())
 
 
 def _saved_bytes(fn, *args) -> tuple[torch.Tensor, int]:
@@ -104,26 +113,152 @@ def attention_scaling(
     return rows
 
 
-def run_bench(steps: int = 20, warmup: int = 3, json_path: str | None = None) -> dict:
+def compiled_attention_crossover(
+    seq_lens=(256, 512, 1024), tokens: int = 4096, heads: int = 4, head_dim: int = 64, repeats: int = 5,
+) -> list[dict]:
+    """Inside a compiled bf16 graph: the formula (fused by Inductor) vs PyTorch's fused kernel.
+
+    Forward + backward milliseconds (median of ``repeats``) at ``tokens`` tokens per batch, for
+    a full causal window and a half-row window; the evidence behind
+    ``attention.COMPILED_FORMULA_MAX_T``.
+    """
+    rows = []
+    for T in seq_lens:
+        for window in (T // 2, None):
+            row = {"T": T, "window": window if window is not None else T}
+            for name, fn in (("formula", naive_attention), ("sdpa", sdpa_attention)):
+                torch._dynamo.reset()
+                compiled = torch.compile(lambda q, k, v, fn=fn, w=window: fn(q, k, v, w), dynamic=False)
+                g = torch.Generator().manual_seed(T)
+                q, k, v = (torch.randn(tokens // T, heads, T, head_dim, generator=g).requires_grad_() for _ in range(3))
+                times = []
+                for _ in range(repeats + 2):  # two warm-up calls: compilation, then the first real run
+                    t0 = time.perf_counter()
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        y = compiled(q, k, v)
+                    y.float().sum().backward()
+                    times.append(time.perf_counter() - t0)
+                row[f"{name}_ms"] = 1e3 * statistics.median(times[2:])
+            row["formula_speedup"] = row["sdpa_ms"] / row["formula_ms"]
+            rows.append(row)
+    return rows
+
+
+# How step_profile sorts the profiler's operators (by self CPU time) into a few named kinds.
+OP_KINDS = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul")),
+    ("fused attention kernel", ("scaled_dot_product",)),
+    ("Inductor's fused kernels", ("CompiledFxGraph",)),
+    ("optimizer", ("adam",)),
+)
+
+
+def op_kind(name: str) -> str:
+    """The kind of a profiler operator name; everything unlisted is "other ops"."""
+    return next((kind for kind, keys in OP_KINDS if any(key.lower() in name.lower() for key in keys)), "other ops")
+
+
+def step_profile(stage: str, steps: int = 3, warmup: int = 3, scale: str = "toy", **overrides) -> dict:
+    """Milliseconds per training step by kind of work (``OP_KINDS``), from ``torch.profiler``.
+
+    The model, optimizer and autocast are built as ``train.train`` builds them; the batch is
+    fixed random tokens. In a compiled step the elementwise work runs inside Inductor's kernels,
+    so it appears as "Inductor's fused kernels"; in an eager step it is spread over "other ops".
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from .compile import compile_model
+    from .model import GPT
+    from .optim import build_optimizer
+    from .train import autocast_for
+
+    cfg = stage_config(stage, scale, **overrides)
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    optimizer = build_optimizer(model, cfg.train)
+    fwd = compile_model(model) if cfg.train.compile else model
+    autocast = autocast_for(torch.device("cpu"), cfg.train.bf16)
+    shape = (cfg.train.batch_size, cfg.model.seq_len)
+    x, y = (torch.randint(0, cfg.model.vocab_size, shape, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
+
+    def one_step() -> None:
+        with autocast():
+            loss = fwd(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        one_step()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            one_step()
+    wall_ms = 1e3 * (time.perf_counter() - t0) / steps
+    kinds: dict[str, float] = {kind: 0.0 for kind, _ in OP_KINDS} | {"other ops": 0.0}
+    for event in prof.key_averages():
+        kinds[op_kind(event.key)] += event.self_cpu_time_total / 1e3 / steps
+    return {"stage": stage, "overrides": overrides, "ms_per_step": kinds, "wall_ms_per_step": wall_ms}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of one large (n x n) @ (n x n) matmul in fp32 and bf16: what this CPU's matmul
+    library reaches at best, to compare a training step's matmul time against."""
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
+        a @ b  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        rates[name] = 2 * n**3 / statistics.median(times) / 1e9
+    return rates
+
+
+def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, rounds: int = 3) -> dict:
     """The whole benchmark: stage speeds, ratios, attention scaling; printed, and saved if asked."""
     from .train import describe_hardware, pick_device
 
     load_before = os.getloadavg()[0]  # other processes on the machine slow every figure down
-    print(f"# stage speeds at toy scale ({warmup} warm-up steps excluded, then {steps} timed steps)")
-    runs = stage_speeds(steps=steps, warmup=warmup)
+    print(f"# stage speeds at toy scale ({warmup} warm-up steps excluded, then {steps} timed steps; "
+          f"{rounds} interleaved rounds, median reported)")
+    runs = stage_speeds(steps=steps, warmup=warmup, rounds=rounds)
+    for r in runs:
+        print(f"{r['variant']:<28} {r['tokens_per_second']:>9,.0f} tok/s   (rounds: "
+              + ", ".join(f"{x:,.0f}" for x in r["rounds"]) + ")")
     tps = {r["variant"]: r["tokens_per_second"] for r in runs}
     ratios = {
         "flash-attention / gpt2": tps["flash-attention"] / tps["gpt2"],
         "compile / flash-attention": tps["compile"] / tps["flash-attention"],
         "compile / gpt2": tps["compile"] / tps["gpt2"],
+        "compile / compile with fused SDPA": tps["compile"] / tps["compile, fused SDPA kept"],
     }
+    by_name = {r["variant"]: r["rounds"] for r in runs}
+    ratios["compile / gpt2, each round"] = [c / g for c, g in zip(by_name["compile"], by_name["gpt2"])]
     for k, v in ratios.items():
-        print(f"{k:<28} {v:5.2f}x")
+        print(f"{k:<34} " + (f"{v:5.2f}x" if isinstance(v, float) else ", ".join(f"{x:.2f}x" for x in v)))
     print("# attention: naive vs SDPA, forward + backward, B=1, H=4, D=64")
     attn = attention_scaling()
     for r in attn:
         print(f"T={r['T']:>5}  naive {1e3 * r['naive_seconds']:7.1f} ms {r['naive_saved_bytes'] / 2**20:7.1f} MiB   "
               f"sdpa {1e3 * r['sdpa_seconds']:7.1f} ms {r['sdpa_saved_bytes'] / 2**20:7.2f} MiB")
+    print(f"# attention inside a compiled bf16 graph: the formula vs the fused kernel, 4096 tokens, H=4, D=64")
+    crossover = compiled_attention_crossover()
+    for r in crossover:
+        print(f"T={r['T']:>5} window {r['window']:>5}  formula {r['formula_ms']:6.1f} ms   sdpa {r['sdpa_ms']:6.1f} ms"
+              f"   formula {r['formula_speedup']:4.2f}x")
+    peak = matmul_gflops()
+    print(f"# one 2048^3 matmul: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    print("# where a toy step's time goes (torch.profiler, self CPU time, ms per step)")
+    profiles = [step_profile("gpt2"), step_profile("compile", attn_backend="sdpa"), step_profile("compile")]
+    for p in profiles:
+        name = p["stage"] + (" (fused SDPA kept)" if p["overrides"] else "")
+        print(f"{name:<28} " + "  ".join(f"{k} {v:.0f}" for k, v in p["ms_per_step"].items())
+              + f"   wall {p['wall_ms_per_step']:.0f}")
     result = {
         "command": "python -m nanogpt_core bench" + (f" --json {json_path}" if json_path else ""),
         "hardware": describe_hardware(pick_device("auto")),
@@ -131,7 +266,8 @@ def run_bench(steps: int = 20, warmup: int = 3, json_path: str | None = None) ->
         "date": datetime.date.today().isoformat(),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-min load, start and end
         "cpu_count": os.cpu_count(),
-        "runs": runs, "ratios": ratios, "attention": attn,
+        "runs": runs, "ratios": ratios, "attention": attn, "attention_compiled_bf16": crossover,
+        "step_profiles": profiles, "matmul_gflops": peak,
     }
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

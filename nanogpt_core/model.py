@@ -95,7 +95,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, window: int | None = None, layer_idx: int = 0):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        self.backend, self.window = resolve_backend(cfg.attn_backend), window  # window: left context in tokens
+        resolve_backend(cfg.attn_backend)  # checks the name and says once what will run
+        self.backend, self.window = cfg.attn_backend, window  # window: left context in tokens
         self.qk_norm = cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)

@@ -105,6 +105,43 @@ def test_fa3_request_on_cpu_says_why_and_falls_back(capsys):
     assert kernel is None and reason
 
 
+def test_formula_compiles_faster_only_in_a_compiled_bf16_cpu_graph_with_short_rows(monkeypatch):
+    short = torch.zeros(1, 1, A.COMPILED_FORMULA_MAX_T, 8, dtype=torch.bfloat16)
+    long = torch.zeros(1, 1, A.COMPILED_FORMULA_MAX_T + 1, 8, dtype=torch.bfloat16)
+    assert not A.formula_compiles_faster(short)  # eager
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert A.formula_compiles_faster(short)
+    assert not A.formula_compiles_faster(long)
+    assert not A.formula_compiles_faster(short.float())
+    if torch.cuda.is_available():
+        assert not A.formula_compiles_faster(short.cuda())
+
+
+@pytest.mark.parametrize("window", [None, 12])
+def test_auto_in_a_compiled_bf16_cpu_graph_runs_the_formula_and_matches_sdpa(monkeypatch, window):
+    calls = {"naive": 0, "sdpa": 0}
+    for name in calls:  # count trace-time calls: which kernel the compiled graph contains
+        fn = getattr(A, f"{name}_attention")
+        monkeypatch.setattr(A, f"{name}_attention", lambda *a, fn=fn, name=name: calls.__setitem__(name, calls[name] + 1) or fn(*a))
+    q, k, v = qkv((2, 3, 48, 16))
+    q2, k2, v2 = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: A.causal_attention(q, k, v, "auto", window), dynamic=False, fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = compiled(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert calls == {"naive": 1, "sdpa": 0}
+    y_ref = A.sdpa_attention(q2, k2, v2, window)  # fp32, eager
+    torch.testing.assert_close(y.float(), y_ref, atol=3e-2, rtol=3e-2)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    y.float().backward(g)
+    y_ref.backward(g)
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        torch.testing.assert_close(a.grad, b.grad, atol=5e-2, rtol=5e-2)
+    calls.update(naive=0, sdpa=0)
+    A.causal_attention(q2.detach(), k2.detach(), v2.detach(), "auto", window)  # eager: the fused kernel
+    assert calls == {"naive": 0, "sdpa": 1}
+
+
 fa3_only = pytest.mark.skipif(A.load_fa3()[0] is None, reason=f"FA3 unavailable: {A.load_fa3()[1]}")
 
 
