@@ -58,6 +58,9 @@ def _full_run_commands(sub) -> None:
     p.add_argument("--shards", type=int, required=True, help="how many shards (~100 MB each); nanochat's run 1 used 240")
     p.add_argument("--dir", required=True, help="folder for the parquet shards")
     p.set_defaults(func=lambda a: _call("download", "download_shards", a.shards, a.dir) and 0)
+    p = sub.add_parser("download-eval", help="download and unpack the CORE eval bundle (its 22 tasks' data)")
+    p.add_argument("--dir", required=True, help="folder to unpack into (the bundle lands in DIR/eval_bundle)")
+    p.set_defaults(func=lambda a: print(_call("core_metric", "download_eval_bundle", a.dir)) or 0)
     p = sub.add_parser("tokenizer", help="train the BPE tokenizer on downloaded shards")
     p.add_argument("--dir", required=True, help="folder with the parquet shards")
     p.add_argument("--vocab", type=int, default=32_768, help="vocabulary size including BOS (speedrun: 32768)")
@@ -86,6 +89,10 @@ def _full_run_commands(sub) -> None:
         p.add_argument("--data", metavar="DIR", help="FineWeb-edu shards (with --tokenizer); default: the toy corpus")
         p.add_argument("--tokenizer", metavar="PATH", help="the tokenizer JSON of the run")
         p.add_argument("--device", default="auto")
+        if name == "evaluate":
+            p.add_argument("--core", metavar="BUNDLE", help="also score CORE on an unpacked eval bundle (see download-eval)")
+            p.add_argument("--core-max-per-task", type=int, default=-1,
+                           help="items per CORE task (-1: all; fewer is faster and noisier)")
         if name == "sample":
             p.add_argument("--prompt", default="The capital of France is")
             p.add_argument("--tokens", type=int, default=64, help="new tokens to sample")
@@ -117,6 +124,14 @@ def _evaluate_or_sample(args: argparse.Namespace) -> int:
     autocast = autocast_for(device, cfg.train.bf16)
     metrics = evaluate(model, data.stream("val"), data.token_bytes, cfg.train.batch_size, cfg.train.eval_tokens, autocast)
     print(f"step {ckpt['step']}: val loss {metrics['loss']:.4f} nats/token, {metrics['bpb']:.4f} bits per byte")
+    if args.core:
+        from .core_metric import core_score, load_bundle
+
+        with autocast():
+            result = core_score(model, data.enc, load_bundle(args.core, args.core_max_per_task), cfg.model.seq_len, device)
+        for label, r in result["tasks"].items():
+            print(f"  {label:<36} accuracy {r['accuracy']:.4f}  centered {r['centered']:+.4f}  ({r['items']} items)")
+        print(f"CORE {result['core']:.4f}  (GPT-2 1.5B: 0.2565; nanochat run 1: 0.2585)")
     return 0
 
 

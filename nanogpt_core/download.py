@@ -64,8 +64,9 @@ def _remote_size(response) -> int | None:
 
 
 def download_file(url: str, dest: str | Path, *, retries: int = 5, backoff: float = 1.0, timeout: float = 30.0,
-                  progress: bool = True) -> Path:
-    """Fetch ``url`` to ``dest``: resumable, size- and parquet-verified, atomic. Returns ``dest``."""
+                  progress: bool = True, verify=verify_parquet) -> Path:
+    """Fetch ``url`` to ``dest``: resumable, size-verified, checked by ``verify`` (which raises
+    DownloadError for a damaged file; default: a parquet shard), atomic. Returns ``dest``."""
     from tqdm.auto import tqdm
 
     dest = Path(dest)
@@ -105,7 +106,7 @@ def download_file(url: str, dest: str | Path, *, retries: int = 5, backoff: floa
             _wait_or_fail(url, attempt, retries, backoff, f"got {got:,} bytes, expected {size:,}")
             continue
         try:
-            verify_parquet(partial)
+            verify(partial)
         except DownloadError as err:
             partial.unlink()
             raise DownloadError(f"downloaded {dest.name} but it is damaged and was deleted: {err}; run the download again") from err

@@ -114,6 +114,14 @@ def test_cli_evaluate_and_sample_a_checkpoint(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     ev = subprocess.run([*base, "evaluate", "--checkpoint", str(ckpt), "--device", "cpu"], capture_output=True, text=True, timeout=300)
     assert ev.returncode == 0 and "step 2: val loss" in ev.stdout and "bits per byte" in ev.stdout, ev.stderr[-2000:]
+    from test_core_metric import TASKS, write_bundle
+
+    bundle = write_bundle(tmp_path / "core", TASKS)
+    core = subprocess.run([*base, "evaluate", "--checkpoint", str(ckpt), "--device", "cpu", "--core", str(bundle),
+                           "--core-max-per-task", "3"], capture_output=True, text=True, timeout=300)
+    assert core.returncode == 0, core.stderr[-2000:]
+    assert all(f"  {label} " in core.stdout for label in TASKS) and "(3 items)" in core.stdout
+    assert "CORE " in core.stdout.splitlines()[-1]
     sm = subprocess.run([*base, "sample", "--checkpoint", str(ckpt), "--prompt", "ROMEO", "--tokens", "5", "--device", "cpu"],
                         capture_output=True, text=True, timeout=300)
     assert sm.returncode == 0 and sm.stdout.startswith("ROMEO"), sm.stderr[-2000:]
