@@ -33,6 +33,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_off(text: str) -> bool:
+    """``on``/``off`` (or true/false, 1/0) for a switch such as ``--compile off``."""
+    value = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not on or off")
+    return value
+
+
 # Config fields the train command can override, with their help text.
 _OVERRIDES = {
     "steps": (int, "optimizer steps"),
@@ -48,6 +56,8 @@ _OVERRIDES = {
     "n_embd": (int, "model width"),
     "n_head": (int, "attention heads (must divide n_embd)"),
     "seq_len": (int, "tokens per row"),
+    "compile": (_on_off, "torch.compile the model: on or off (e.g. off to skip compiling on a CPU)"),
+    "bf16": (_on_off, "bf16 autocast: on or off"),
 }
 
 

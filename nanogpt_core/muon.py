@@ -38,6 +38,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from .optim import ShardedAdamW
+
 # The original Muon quintic: chosen to maximize the slope at 0, not to converge to 1.
 NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -367,7 +369,8 @@ def route_parameters(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.
 def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
     """The speedrun's optimizer for ``model`` with the rates of TrainConfig ``cfg``.
 
-    AdamW (betas (0.8, 0.95), eps 1e-10, no weight decay): head ``unembedding_lr``, embedding
+    AdamW (betas (0.8, 0.95), eps 1e-10, no weight decay; its state split across the
+    processes of a multi-process run, ``optim.ShardedAdamW``): head ``unembedding_lr``, embedding
     tables ``embedding_lr`` (both times (d_model / 768)^-0.5, nanochat's width rule), a learned
     position table the rate of the token table (the head's when tied), residual
     scalars ``scalar_lr`` * 0.01, x0 scalars ``scalar_lr`` with beta1 0.96, norm gains and
@@ -391,7 +394,10 @@ def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
     adam_groups = [dict(params=[p for _, p in roles[r]], role=r, **kw) for r, kw in spec.items() if roles[r]]
     n_layer = model.cfg.n_layer if hasattr(model, "cfg") else 12
     muon_params = [p for _, p in roles["muon"]]
-    optimizers = {"adamw": torch.optim.AdamW(adam_groups, eps=1e-10, weight_decay=0.0)}
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    # one process: torch's AdamW; several: the same update with its state split across them
+    adamw = ShardedAdamW if distributed else torch.optim.AdamW
+    optimizers = {"adamw": adamw(adam_groups, eps=1e-10, weight_decay=0.0)}
     if muon_params:
         groups = {}
         for p in muon_params:  # one group per shape: the stacks that are updated together

@@ -60,3 +60,75 @@ def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
     """Scale every group's learning rate to ``multiplier`` times its initial (peak) value."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * multiplier
+
+
+class ShardedAdamW(torch.optim.Optimizer):
+    """AdamW whose state is split across the processes of a run (ZeRO stage 1), as the speedrun's.
+
+    Same update as ``torch.optim.AdamW`` (decoupled weight decay, bias-corrected moments):
+        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,
+        p <- p (1 - lr wd) - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+    where g is the gradient averaged over the W processes. A parameter with at least
+    ``min_shard_numel`` elements and rows divisible by W is split by rows: a reduce-scatter
+    gives each process the averaged gradient of its rows, it updates them with its share of
+    m and v, and an all-gather puts the whole parameter back on every process. Smaller ones
+    (scalars, gains) are all-reduced and updated whole everywhere. Either way ``step()``
+    averages the gradients itself: ``self_synced_params`` lists them for the training loop.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 world_size: int | None = None, min_shard_numel: int = 1024):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        import torch.distributed as dist
+
+        if world_size is None:
+            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.world_size, self.rank = world_size, (dist.get_rank() if world_size > 1 else 0)
+        self.min_shard_numel = min_shard_numel
+        self.self_synced_params = [p for g in self.param_groups for p in g["params"]] if world_size > 1 else []
+
+    def is_sharded(self, p: torch.Tensor) -> bool:
+        return self.world_size > 1 and p.numel() >= self.min_shard_numel and p.shape[0] % self.world_size == 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        import torch.distributed as dist
+
+        if closure is not None:
+            raise ValueError("ShardedAdamW.step takes no closure")
+        W = self.world_size
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    if W > 1:
+                        raise RuntimeError("sharded AdamW needs a gradient for every parameter on every rank")
+                    continue
+                if self.is_sharded(p):
+                    rows = p.shape[0] // W
+                    grad = torch.empty_like(p[:rows])
+                    dist.reduce_scatter_tensor(grad, p.grad.contiguous())  # SUM: gloo has no AVG
+                    mine = p[self.rank * rows : (self.rank + 1) * rows].clone()
+                    self._adamw_(group, p, mine, grad / W)
+                    dist.all_gather_into_tensor(p, mine)
+                else:
+                    grad = p.grad
+                    if W > 1:
+                        grad = grad.clone()
+                        dist.all_reduce(grad)
+                        grad /= W
+                    self._adamw_(group, p, p, grad)
+
+    def _adamw_(self, group: dict, p: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> None:
+        """One AdamW update of ``value`` (p, or this process's rows of it) in place; state is kept under p."""
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros(())
+            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(value), torch.zeros_like(value)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        t = state["step"].item()
+        value.mul_(1 - group["lr"] * group["weight_decay"])
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+        value.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))

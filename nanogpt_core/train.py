@@ -143,22 +143,52 @@ def _in_notebook() -> bool:
 # ---- checkpoints -----------------------------------------------------------------------------
 
 
-def save_checkpoint(path: str | Path, model, optimizer, loader, step: int, cfg: Config, result: RunResult) -> None:
-    """Write a checkpoint atomically: to a temporary file first, then rename over the target."""
+def rank_path(path: str | Path, rank: int) -> Path:
+    """Where process ``rank`` of a multi-process run keeps its share of checkpoint ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.rank{rank}")
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, model, optimizer, loader, step: int, cfg: Config, result: RunResult,
+                    rank: int = 0, world_size: int = 1) -> None:
+    """Write a checkpoint atomically: to a temporary file first, then rename over the target.
+
+    Every process calls it. With several processes, each one's optimizer state (sharded: each
+    holds its own part) and loader position differ, so each writes them to ``rank_path(path, r)``;
+    after a barrier, rank 0 writes ``path`` (model, config, result), which names the step.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw_model = getattr(model, "_orig_mod", model)
-    state = {
-        "step": step,
-        "config": cfg.to_dict(),
-        "model": raw_model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "loader": loader.state_dict(),
-        "result": asdict(result),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    own = {"step": step, "optimizer": optimizer.state_dict(), "loader": loader.state_dict()}
+    if world_size > 1:
+        _atomic_save(own, rank_path(path, rank))
+        dist.barrier()  # every share is on disk before the main file says this step is complete
+    if rank == 0:
+        raw_model = getattr(model, "_orig_mod", model)
+        _atomic_save({"config": cfg.to_dict(), "model": raw_model.state_dict(), "result": asdict(result),
+                      "world_size": world_size, **(own if world_size == 1 else {"step": step})}, path)
+
+
+def load_run_state(path: str | Path, rank: int, world_size: int, map_location="cpu") -> tuple[dict, dict]:
+    """The checkpoint at ``path`` and this process's optimizer and loader state in it."""
+    ckpt = load_checkpoint(path, map_location)
+    written_by = ckpt.get("world_size", 1)
+    if written_by != world_size:
+        raise ValueError(f"{path} was written by {written_by} process(es); resume it with the same number "
+                         f"(torchrun --nproc_per_node={written_by}), not {world_size}")
+    if world_size == 1:
+        return ckpt, ckpt
+    own = load_checkpoint(rank_path(path, rank), map_location)
+    if own["step"] != ckpt["step"]:
+        raise ValueError(f"{rank_path(path, rank)} is from step {own['step']} but {path} from step {ckpt['step']}: "
+                         "a save was interrupted; resume from an earlier checkpoint")
+    return ckpt, own
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -231,10 +261,10 @@ def train(
     )
     start_step = 0
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location=device)
+        ckpt, own = load_run_state(resume_from, rank, world_size, map_location=device)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        loader.load_state_dict(ckpt["loader"])
+        optimizer.load_state_dict(own["optimizer"])
+        loader.load_state_dict(own["loader"])
         result = RunResult(**ckpt["result"])
         start_step = ckpt["step"]
     fwd = compile_model(model) if t.compile else model
@@ -304,8 +334,7 @@ def train(
                   seconds=round(result.wall_seconds, 4))
         bar.update(step + 1, loss=loss_value)
         if checkpoint_path and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            if rank == 0:  # one writer; every rank can read it back (map_location)
-                save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result)
+            save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result, rank, world_size)
             last_good = f"{checkpoint_path} (step {step + 1})"
     bar.close()
     if last_step == t.steps:
@@ -315,6 +344,6 @@ def train(
     result.tokens_per_second = timed_tokens / max(result.wall_seconds, 1e-9)
     if log is not None:
         log.close()
-    if checkpoint_path and rank == 0:
-        save_checkpoint(checkpoint_path, model, optimizer, loader, last_step, cfg, result)
+    if checkpoint_path:
+        save_checkpoint(checkpoint_path, model, optimizer, loader, last_step, cfg, result, rank, world_size)
     return model, result

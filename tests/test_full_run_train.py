@@ -89,14 +89,17 @@ TINY = ["--stage", "gpt2", "--scale", "toy", "--steps", "4", "--n-layer", "1", "
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="torchrun not installed")
-def test_two_gloo_processes_match_one_process(tmp_path):
-    """2 ranks x 4 rows with averaged gradients == 1 process x 8 rows: the same losses."""
+@pytest.mark.parametrize("stage", ["gpt2", "muon"])
+def test_two_gloo_processes_match_one_process(tmp_path, stage):
+    """2 ranks x 4 rows with averaged gradients == 1 process x 8 rows: the same losses. At the
+    `muon` stage both halves of the optimizer sync themselves: Muon and sharded AdamW."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "nanogpt_core", "train", *TINY, "--batch-size", "8",
+    args = [*TINY, "--stage", stage, "--compile", "off", "--bf16", "off"]  # the last --stage wins
+    single = subprocess.run([sys.executable, "-m", "nanogpt_core", "train", *args, "--batch-size", "8",
                              "--json", str(tmp_path / "one.json")], capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    multi = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nanogpt_core", "train", *TINY,
+    multi = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nanogpt_core", "train", *args,
                             "--batch-size", "4", "--json", str(tmp_path / "two.json")],
                            capture_output=True, text=True, timeout=300, env=env)
     assert multi.returncode == 0, multi.stderr[-3000:]
@@ -125,3 +128,42 @@ def test_cli_evaluate_and_sample_a_checkpoint(tmp_path):
     sm = subprocess.run([*base, "sample", "--checkpoint", str(ckpt), "--prompt", "ROMEO", "--tokens", "5", "--device", "cpu"],
                         capture_output=True, text=True, timeout=300)
     assert sm.returncode == 0 and sm.stdout.startswith("ROMEO"), sm.stderr[-2000:]
+
+
+def _resume_worker(rank, world_size, port, phase, folder):
+    """One process of a 2-process `packing` run: the whole run, its first half, or the resumed rest."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+    import torch.distributed as dist
+
+    from nanogpt_core.config import stage_config
+    from nanogpt_core.data import toy_data
+
+    torch.set_num_threads(1)
+    cfg = stage_config("packing", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=32, batch_size=2, steps=6,
+                       warmup_steps=1, eval_every=0, eval_tokens=512, compile=False, bf16=False, device="cpu")
+    ckpt = os.path.join(folder, "run.pt")
+    kwargs = {"whole": {}, "first": dict(checkpoint_path=ckpt, stop_after=3), "rest": dict(resume_from=ckpt)}[phase]
+    _, result = train(cfg, toy_data(), progress=False, **kwargs)
+    if rank == 0:
+        with open(os.path.join(folder, f"{phase}.json"), "w") as f:
+            json.dump({"losses": result.losses, "bpb": result.final_val_bpb}, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_two_process_run_resumes_with_each_process_state(tmp_path):
+    """Each process keeps its own optimizer shard and loader position in PATH.rankR: a 2-process
+    `packing` run stopped at step 3 and resumed gives the losses of the uninterrupted run."""
+    from spawn import run_on_two_processes
+
+    for phase in ("whole", "first", "rest"):
+        run_on_two_processes(_resume_worker, phase, str(tmp_path))
+    whole, rest = (json.loads((tmp_path / f"{p}.json").read_text()) for p in ("whole", "rest"))
+    assert (tmp_path / "run.pt.rank0").exists() and (tmp_path / "run.pt.rank1").exists()
+    assert rest["losses"] == pytest.approx(whole["losses"], abs=1e-5) and len(rest["losses"]) == 6
+    assert rest["bpb"] == pytest.approx(whole["bpb"], abs=1e-5)
+    with pytest.raises(ValueError, match="written by 2 process"):
+        from nanogpt_core.train import load_run_state
+
+        load_run_state(tmp_path / "run.pt", rank=0, world_size=1)

@@ -2,10 +2,10 @@
 the distributed path against the single-process one, and the parameter routing."""
 
 import math
-import socket
 
 import pytest
 import torch
+from spawn import run_on_two_processes
 
 from nanogpt_core.muon import (
     METHODS, Muon, MuonAdamW, build_muon_adamw, cautious_weight_decay, newton_schulz_step, orthogonalize,
@@ -263,13 +263,8 @@ def _distributed_worker(rank, world_size, port, out_path):
 
 @pytest.mark.timeout(120)
 def test_two_process_gloo_matches_single_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "params.pt"
-    mp.spawn(_distributed_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    run_on_two_processes(_distributed_worker, str(out))
     got = torch.load(out)["params"]
 
     init, grads = _make_params_and_grads()
@@ -283,3 +278,104 @@ def test_two_process_gloo_matches_single_process(tmp_path):
         torch.testing.assert_close(g, p.detach(), atol=1e-5, rtol=1e-5)
     # state is sharded: each rank holds state for the matrices it owns only (2+1+1 and 1+1+0)
     assert sorted(torch.load(f"{out}.{r}") for r in range(2)) == [2, 4]
+
+
+# ---- sharded AdamW (the AdamW half of the speedrun's optimizer, distributed) -----------------
+
+SHAPES_ADAM = [(8, 160), (3, 400), (16,), (64, 32)]  # sharded, rows not divisible by 2, small, sharded
+
+
+def _adam_params_and_grads(seed=7, steps=3, world_size=2):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(*s, generator=gen) for s in SHAPES_ADAM]
+    grads = [[[torch.randn(*s, generator=gen) for s in SHAPES_ADAM] for _ in range(world_size)] for _ in range(steps)]
+    return params, grads
+
+
+ADAM_KW = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
+
+
+def _sharded_adamw_worker(rank, world_size, port, out_path):
+    import torch.distributed as dist
+
+    from nanogpt_core.optim import ShardedAdamW
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    init, grads = _adam_params_and_grads(world_size=world_size)
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = ShardedAdamW(params, **ADAM_KW)
+    assert opt.world_size == world_size and len(opt.self_synced_params) == len(params)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads[rank]):
+            p.grad = g.clone()
+        opt.step()
+    state_numel = [opt.state[p]["exp_avg"].numel() for p in params]
+    torch.save({"params": [p.detach() for p in params], "state_numel": state_numel}, f"{out_path}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_sharded_adamw_on_two_processes_matches_torch_adamw_on_one(tmp_path):
+    out = tmp_path / "adam.pt"
+    run_on_two_processes(_sharded_adamw_worker, str(out))
+    ranks = [torch.load(f"{out}.{r}") for r in range(2)]
+
+    init, grads = _adam_params_and_grads()
+    params = [torch.nn.Parameter(p.clone()) for p in init]
+    ref = torch.optim.AdamW(params, **ADAM_KW)
+    for step_grads in grads:
+        for i, p in enumerate(params):
+            p.grad = (step_grads[0][i] + step_grads[1][i]) / 2
+        ref.step()
+    for r in ranks:  # every process ends with the whole, identical parameters
+        for got, want in zip(r["params"], params):
+            torch.testing.assert_close(got, want.detach(), atol=1e-6, rtol=1e-5)
+    # the moments of the two large, row-divisible parameters are split in half; the rest are whole
+    full = [p.numel() for p in params]
+    assert ranks[0]["state_numel"] == ranks[1]["state_numel"] == [full[0] // 2, full[1], full[2], full[3] // 2]
+
+
+def test_sharded_adamw_on_one_process_is_torch_adamw():
+    from nanogpt_core.optim import ShardedAdamW
+
+    init, grads = _adam_params_and_grads(world_size=1)
+    ours, ref = ([torch.nn.Parameter(p.clone()) for p in init] for _ in range(2))
+    opt_ours, opt_ref = ShardedAdamW(ours, **ADAM_KW), torch.optim.AdamW(ref, **ADAM_KW)
+    for step_grads in grads:
+        for a, b, g in zip(ours, ref, step_grads[0]):
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_ref.step()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-7, rtol=1e-6)
+    assert opt_ours.self_synced_params == []
+
+
+def _routing_worker(rank, world_size, port, out_path):
+    import torch.distributed as dist
+
+    from nanogpt_core.config import stage_config
+    from nanogpt_core.model import GPT
+    from nanogpt_core.optim import ShardedAdamW
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    cfg = stage_config("muon", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=32, grad_clip=0.0)
+    model = GPT(cfg.model)
+    opt = build_muon_adamw(model, cfg.train)
+    synced = {id(p) for p in opt.self_synced_params}
+    torch.save({"adamw": type(opt.optimizers["adamw"]) is ShardedAdamW,
+                "all_synced": synced == {id(p) for p in model.parameters()}}, f"{out_path}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_distributed_speedrun_optimizer_shards_adamw_and_syncs_every_parameter(tmp_path):
+    run_on_two_processes(_routing_worker, str(tmp_path / "r"))
+    for r in range(2):
+        assert torch.load(tmp_path / f"r.{r}") == {"adamw": True, "all_synced": True}
+    from nanogpt_core.config import stage_config
+    from nanogpt_core.model import GPT
+
+    single = build_muon_adamw(GPT(stage_config("muon", "toy", n_layer=1).model), stage_config("muon", "toy").train)
+    assert type(single.optimizers["adamw"]) is torch.optim.AdamW
