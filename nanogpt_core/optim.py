@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.adamw import adamw as adamw_update  # the functional form of torch.optim.AdamW's step
 
 from .config import TrainConfig
 
@@ -65,7 +66,8 @@ def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
 class ShardedAdamW(torch.optim.Optimizer):
     """AdamW whose state is split across the processes of a run (ZeRO stage 1), as the speedrun's.
 
-    Same update as ``torch.optim.AdamW`` (decoupled weight decay, bias-corrected moments):
+    The update is torch's AdamW step itself (its functional form, run on what this process
+    owns): decoupled weight decay and bias-corrected moments,
         m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2,
         p <- p (1 - lr wd) - lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
     where g is the gradient averaged over the W processes. A parameter with at least
@@ -98,6 +100,7 @@ class ShardedAdamW(torch.optim.Optimizer):
             raise ValueError("ShardedAdamW.step takes no closure")
         W = self.world_size
         for group in self.param_groups:
+            values, grads, sharded = [], [], []  # what this process updates: whole params or its rows
             for p in group["params"]:
                 if p.grad is None:
                     if W > 1:
@@ -107,28 +110,24 @@ class ShardedAdamW(torch.optim.Optimizer):
                     rows = p.shape[0] // W
                     grad = torch.empty_like(p[:rows])
                     dist.reduce_scatter_tensor(grad, p.grad.contiguous())  # SUM: gloo has no AVG
-                    mine = p[self.rank * rows : (self.rank + 1) * rows].clone()
-                    self._adamw_(group, p, mine, grad / W)
-                    dist.all_gather_into_tensor(p, mine)
+                    values.append(p[self.rank * rows : (self.rank + 1) * rows].clone())
+                    sharded.append((p, values[-1]))
                 else:
-                    grad = p.grad
+                    grad = p.grad.clone()
                     if W > 1:
-                        grad = grad.clone()
                         dist.all_reduce(grad)
-                        grad /= W
-                    self._adamw_(group, p, p, grad)
-
-    def _adamw_(self, group: dict, p: torch.Tensor, value: torch.Tensor, grad: torch.Tensor) -> None:
-        """One AdamW update of ``value`` (p, or this process's rows of it) in place; state is kept under p."""
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.zeros(())
-            state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(value), torch.zeros_like(value)
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        t = state["step"].item()
-        value.mul_(1 - group["lr"] * group["weight_decay"])
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
-        value.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / (1 - beta1**t))
+                    values.append(p)
+                grads.append(grad.div_(W) if W > 1 else grad)
+                state = self.state[p]
+                if not state:  # moments shaped like what this process updates
+                    state.update(step=torch.zeros(()), exp_avg=torch.zeros_like(values[-1]),
+                                 exp_avg_sq=torch.zeros_like(values[-1]))
+            states = [self.state[p] for p in group["params"] if p.grad is not None]
+            beta1, beta2 = group["betas"]
+            adamw_update(  # torch's own AdamW update, on the values this process owns
+                values, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
+                [s["step"] for s in states], amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+            )
+            for p, mine in sharded:
+                dist.all_gather_into_tensor(p, mine)
