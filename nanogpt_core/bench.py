@@ -73,6 +73,18 @@ def stage_speeds(
     return list(rows.values())
 
 
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _saved_bytes(fn, *args) -> tuple[torch.Tensor, int]:
     """Run ``fn`` and count the bytes of the tensors autograd keeps for the backward pass."""
     seen: dict[tuple, int] = {}
@@ -99,15 +111,12 @@ def attention_scaling(
         q, k, v = (torch.randn(batch, heads, T, head_dim, generator=g).requires_grad_() for _ in range(3))
         row = {"T": T}
         for name, fn in (("naive", naive_attention), ("sdpa", sdpa_attention)):
-            times = []
-            for _ in range(repeats + 1):  # the first run warms up
-                t0 = time.perf_counter()
-                out, saved = _saved_bytes(fn, q, k, v, window)
-                out.sum().backward()
-                times.append(time.perf_counter() - t0)
+            def forward_backward(fn=fn, name=name):
                 q.grad = k.grad = v.grad = None
-            row[f"{name}_seconds"] = statistics.median(times[1:])
-            row[f"{name}_saved_bytes"] = saved
+                out, row[f"{name}_saved_bytes"] = _saved_bytes(fn, q, k, v, window)
+                out.sum().backward()
+
+            row[f"{name}_seconds"] = median_seconds(forward_backward, repeats)
         row["score_matrix_bytes"] = batch * heads * T * T * 4  # one fp32 T x T matrix per head
         rows.append(row)
     return rows
@@ -131,14 +140,13 @@ def compiled_attention_crossover(
                 compiled = torch.compile(lambda q, k, v, fn=fn, w=window: fn(q, k, v, w), dynamic=False)
                 g = torch.Generator().manual_seed(T)
                 q, k, v = (torch.randn(tokens // T, heads, T, head_dim, generator=g).requires_grad_() for _ in range(3))
-                times = []
-                for _ in range(repeats + 2):  # two warm-up calls: compilation, then the first real run
-                    t0 = time.perf_counter()
+                def forward_backward(compiled=compiled, q=q, k=k, v=v):
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         y = compiled(q, k, v)
                     y.float().sum().backward()
-                    times.append(time.perf_counter() - t0)
-                row[f"{name}_ms"] = 1e3 * statistics.median(times[2:])
+
+                # two warm-up calls: compilation, then the first real run
+                row[f"{name}_ms"] = 1e3 * median_seconds(forward_backward, repeats, warmup=2)
             row["formula_speedup"] = row["sdpa_ms"] / row["formula_ms"]
             rows.append(row)
     return rows
@@ -209,13 +217,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         g = torch.Generator().manual_seed(0)
         a, b = (torch.randn(n, n, generator=g).to(dtype) for _ in range(2))
-        a @ b  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-        rates[name] = 2 * n**3 / statistics.median(times) / 1e9
+        rates[name] = 2 * n**3 / median_seconds(lambda a=a, b=b: a @ b, repeats) / 1e9
     return rates
 
 
