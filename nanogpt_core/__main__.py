@@ -146,12 +146,29 @@ def _evaluate_or_sample(args: argparse.Namespace) -> int:
 
 
 def _bench_command(sub) -> None:
-    p = sub.add_parser("bench", help="tokens/s of the gpt2, flash-attention and compile stages, and naive vs SDPA attention")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per variant and round")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one compiles)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each variant reports its median")
+    p = sub.add_parser("bench", help="tokens/s of the gpt2, flash-attention and compile stages, and the attention backends",
+                       description="toy scale (default): the stages on this CPU, naive vs SDPA attention, the compiled "
+                                   "crossover and a step profile. --scale gpu: the GPU check on one CUDA GPU: every "
+                                   "attention backend against the naive reference, then the stages at gpu scale.")
+    p.add_argument("--scale", choices=("toy", "gpu"), default="toy", help="toy (CPU) or gpu (one CUDA GPU)")
+    p.add_argument("--steps", type=int, help="timed steps per variant and round (toy: 10, gpu: 100)")
+    p.add_argument("--warmup", type=int, help="untimed steps first; the first one compiles (toy: 2, gpu: 5)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds; each variant reports its median (toy: 3, gpu: 1)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (e.g. book/results/bench_toy.json)")
-    p.set_defaults(func=lambda a: _call("bench", "run_bench", a.steps, a.warmup, a.json, a.rounds) and 0)
+    p.set_defaults(func=_bench)
+
+
+def _bench(a: argparse.Namespace) -> int:
+    defaults = {"toy": (10, 2, 3, "run_bench"), "gpu": (100, 5, 1, "run_gpu_bench")}[a.scale]
+    steps, warmup, rounds = (given if given is not None else default
+                             for given, default in zip((a.steps, a.warmup, a.rounds), defaults))
+    for name, value in (("steps", steps), ("rounds", rounds)):
+        if value < 1:
+            raise ConfigError(f"--{name}={value} must be at least 1")
+    if warmup < 1:
+        raise ConfigError(f"--warmup={warmup} must be at least 1: the first step compiles and is never timed")
+    _call("bench", defaults[3], steps, warmup, a.json, rounds)
+    return 0
 
 
 def _call(module: str, fn: str, *args):

@@ -1,12 +1,18 @@
 """Speed measurements for the `flash-attention` and `compile` stages (``python -m nanogpt_core bench``).
 
-Two measurements, both run on the machine at hand:
+At toy scale (``run_bench``, on a CPU), on the machine at hand:
 - ``stage_speeds``: trains each variant through ``train.train`` (the loop the chapters use)
   for ``warmup + steps`` steps and reports tokens/s over the steps after the warm-up, with the
   first step's time (compilation) reported apart; the variants take turns over a few rounds
   and each reports its median round, because this machine's speed drifts by ~15% over minutes.
 - ``attention_scaling``: naive vs SDPA attention, forward + backward time and the activation
   memory each keeps for the backward pass, for growing sequence length T.
+- and the evidence behind the CPU's compiled attention rule and the 2x ceiling: the
+  formula-vs-kernel crossover, a profiled step, the CPU's matmul rate.
+
+On one CUDA GPU (``run_gpu_bench``, ``bench --scale gpu``, driven by scripts/gpu_check.sh):
+``attention_backends`` times every backend that can run (naive, SDPA, FA3) against the fp32
+formula, with its error, and ``stage_speeds`` runs the stages at `gpu` scale.
 
 Speed claims belong here, not in tests: the numbers depend on the machine and its load.
 """
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .attention import naive_attention, sdpa_attention
+from .attention import fa3_attention, load_fa3, naive_attention, sdpa_attention
 from .config import stage_config
 
 # name -> (stage, overrides). The middle four separate what compile and bf16 each give.
@@ -36,6 +42,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "compile, fused SDPA kept": ("compile", {"attn_backend": "sdpa"}),
     "compile": ("compile", {}),  # = flash-attention + compile + bf16
 }
+# On a GPU "auto" never swaps in the formula, so the fused-SDPA-kept row would repeat the
+# compile row; fp32 compile is left out to keep the check inside a short device lease.
+GPU_VARIANTS = {k: VARIANTS[k] for k in ("gpt2", "flash-attention", "flash-attention + bf16", "compile")}
 
 
 def stage_speeds(
@@ -73,14 +82,21 @@ def stage_speeds(
     return list(rows.values())
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls."""
+def median_seconds(fn, repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls.
+
+    On a CUDA ``device`` each call is timed up to ``torch.cuda.synchronize``: kernels run
+    asynchronously, and the clock would otherwise stop when they are queued, not done.
+    """
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -149,6 +165,49 @@ def compiled_attention_crossover(
                 row[f"{name}_ms"] = 1e3 * median_seconds(forward_backward, repeats, warmup=2)
             row["formula_speedup"] = row["sdpa_ms"] / row["formula_ms"]
             rows.append(row)
+    return rows
+
+
+def attention_backends(
+    cases=((1024, None), (1024, 256), (2048, None), (2048, 512)), batch: int = 4, heads: int = 6,
+    head_dim: int = 128, dtype: torch.dtype = torch.bfloat16, repeats: int = 10, device: str | torch.device = "cuda",
+) -> list[dict]:
+    """Every backend that can run here against the naive fp32 reference, per (T, window) case.
+
+    For each backend, in ``dtype``: forward + backward milliseconds (median of ``repeats``) and
+    the largest absolute error of the output and of the three input gradients, against the
+    formula in fp32 with the same inputs and the same upstream gradient. FA3 is included when
+    ``attention.load_fa3`` finds it; otherwise the row says why not.
+    """
+    device = torch.device(device)
+    backends = {"naive": naive_attention, "sdpa": sdpa_attention}
+    fa3, fa3_reason = load_fa3()
+    if fa3 is not None and device.type == "cuda":
+        backends["fa3"] = fa3_attention
+    rows = []
+    for T, window in cases:
+        g = torch.Generator().manual_seed(T)
+        q, k, v = (torch.randn(batch, heads, T, head_dim, generator=g, device="cpu").to(device) for _ in range(3))
+        upstream = torch.randn(batch, heads, T, head_dim, generator=g).to(device)
+        ref = [t.clone().requires_grad_() for t in (q, k, v)]
+        y_ref = naive_attention(*ref, window)
+        y_ref.backward(upstream)
+        row = {"T": T, "window": window if window is not None else T, "fa3": fa3_reason or "available"}
+        for name, fn in backends.items():
+            inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+
+            def forward_backward(fn=fn, inputs=inputs):
+                for t in inputs:
+                    t.grad = None
+                y = fn(*inputs, window)
+                y.backward(upstream.to(dtype))
+                return y
+
+            y = forward_backward()
+            row[f"{name}_output_error"] = (y.float() - y_ref).abs().max().item()
+            row[f"{name}_grad_error"] = max((t.grad.float() - r.grad).abs().max().item() for t, r in zip(inputs, ref))
+            row[f"{name}_ms"] = 1e3 * median_seconds(forward_backward, repeats, device=device)
+        rows.append(row)
     return rows
 
 
@@ -270,6 +329,57 @@ def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, ro
         "cpu_count": os.cpu_count(),
         "runs": runs, "ratios": ratios, "attention": attn, "attention_compiled_bf16": crossover,
         "step_profiles": profiles, "matmul_gflops": peak,
+    }
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=1))
+        print(f"saved to {json_path}")
+    return result
+
+
+def run_gpu_bench(steps: int = 100, warmup: int = 5, json_path: str | None = None, rounds: int = 1) -> dict:
+    """The GPU check (``bench --scale gpu``): attention backends on CUDA, then the stages at `gpu` scale.
+
+    The stages train on the toy corpus (Shakespeare) with a 32,768-token BPE, so the check needs
+    no download; the figures are tokens/s and the losses at equal steps, not a FineWeb result.
+    """
+    from .train import describe_hardware
+
+    if not torch.cuda.is_available():
+        raise NotImplementedError(
+            "`bench --scale gpu` checks the CUDA paths and needs a CUDA GPU, and none is visible; "
+            "on a CPU run `python -m nanogpt_core bench` (toy scale)"
+        )
+    device = torch.device("cuda")
+    hardware = {
+        "gpu": torch.cuda.get_device_name(device),
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+        "memory_gib": round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1),
+        "torch_version": str(torch.__version__), "cuda_version": torch.version.cuda,
+        "fa3": load_fa3()[1] or "available",
+    }
+    print("# " + ", ".join(f"{k} {v}" for k, v in hardware.items()))
+    print("# attention backends vs the naive fp32 reference (bf16, forward + backward, B=4, H=6, D=128)")
+    attn = attention_backends(device=device)
+    for r in attn:
+        print(f"T={r['T']:>5} window {r['window']:>5}  " + "   ".join(
+            f"{b} {r[f'{b}_ms']:6.2f} ms (out err {r[f'{b}_output_error']:.1e}, grad err {r[f'{b}_grad_error']:.1e})"
+            for b in ("naive", "sdpa", "fa3") if f"{b}_ms" in r))
+    print(f"# stages at gpu scale on the toy corpus ({warmup} warm-up steps excluded, then {steps} timed steps)")
+    runs = stage_speeds(GPU_VARIANTS, steps=steps, warmup=warmup, rounds=rounds, scale="gpu")
+    tps = {r["variant"]: r["tokens_per_second"] for r in runs}
+    ratios = {f"{name} / gpt2": tps[name] / tps["gpt2"] for name in tps if name != "gpt2"}
+    final_loss = {r["variant"]: r["losses"][-1] for r in runs}  # equal steps, equal data: within noise
+    for r in runs:
+        print(f"{r['variant']:<28} {r['tokens_per_second']:>11,.0f} tok/s   first step {r['first_step_seconds']:6.1f} s"
+              f"   loss at step {r['steps']} {final_loss[r['variant']]:.3f}")
+    for k, v in ratios.items():
+        print(f"{k:<34} {v:6.2f}x")
+    result = {
+        "command": f"python -m nanogpt_core bench --scale gpu --steps {steps}" + (f" --json {json_path}" if json_path else ""),
+        "hardware": describe_hardware(device), "gpu": hardware, "date": datetime.date.today().isoformat(),
+        "data": "toy corpus (Shakespeare), BPE with the gpu scale's 32,768-token vocabulary",
+        "runs": runs, "ratios": ratios, "final_loss": final_loss, "attention_backends": attn,
     }
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,25 @@ def test_auto_in_a_compiled_bf16_cpu_graph_runs_the_formula_and_matches_sdpa(mon
     assert calls == {"naive": 0, "sdpa": 1}
 
 
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda_only
+@pytest.mark.parametrize("T,window", [(128, None), (128, 32), (100, 31), (40, 64)])
+def test_cuda_sdpa_bf16_matches_naive(T, window):
+    # on a GPU, SDPA dispatches to flash / memory-efficient kernels that a CPU never runs
+    q, k, v = qkv((2, 4, T, 64), torch.bfloat16, "cuda")
+    q2, k2, v2 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    y, y_ref = A.sdpa_attention(q, k, v, window), A.naive_attention(q2, k2, v2, window)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref, atol=2e-2, rtol=2e-2)
+    g = torch.randn_like(y_ref)
+    y.backward(g.bfloat16())
+    y_ref.backward(g)
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=5e-2, rtol=5e-2)
+
+
 fa3_only = pytest.mark.skipif(A.load_fa3()[0] is None, reason=f"FA3 unavailable: {A.load_fa3()[1]}")
 
 

@@ -1,6 +1,9 @@
 """The benchmark's measurement functions run and report what they say (no timing asserts: speed
 claims live in `python -m nanogpt_core bench`, not in tests)."""
 
+import pytest
+import torch
+
 from nanogpt_core import attention as A
 from nanogpt_core import bench
 
@@ -59,3 +62,49 @@ def test_step_profile_accounts_for_most_of_the_step():
 def test_matmul_gflops_reports_both_dtypes():
     rates = bench.matmul_gflops(n=64, repeats=1)
     assert set(rates) == {"fp32", "bf16"} and all(r > 0 for r in rates.values())
+
+
+def test_attention_backends_compare_each_backend_with_the_fp32_formula():
+    cases = ((32, None), (32, 7), (8, 16))  # a full window, a short one, a window longer than the row
+    rows = bench.attention_backends(cases=cases, batch=1, heads=2, head_dim=16, repeats=1, device="cpu")
+    assert [(r["T"], r["window"]) for r in rows] == [(32, 32), (32, 7), (8, 16)]
+    for r in rows:
+        assert r["fa3"] == A.load_fa3()[1] and "fa3_ms" not in r  # no FA3 on a CPU, and the row says why
+        for backend in ("naive", "sdpa"):
+            assert r[f"{backend}_ms"] > 0
+            # bf16 rounding, not a different set of keys (a wrong window is off by O(1))
+            assert 0 < r[f"{backend}_output_error"] < 3e-2 and 0 < r[f"{backend}_grad_error"] < 6e-2
+
+
+def test_attention_backends_error_exposes_a_wrong_window(monkeypatch):
+    full_window_sdpa = A.sdpa_attention
+    monkeypatch.setattr(bench, "sdpa_attention", lambda q, k, v, window: full_window_sdpa(q, k, v, None))
+    row, = bench.attention_backends(cases=((32, 4),), batch=1, heads=2, head_dim=16, repeats=1, device="cpu")
+    assert row["naive_output_error"] < 3e-2 < 0.2 < row["sdpa_output_error"]
+
+
+def test_gpu_variants_are_the_stages_that_differ_on_a_gpu():
+    assert list(bench.GPU_VARIANTS) == ["gpt2", "flash-attention", "flash-attention + bf16", "compile"]
+    assert all(bench.GPU_VARIANTS[k] == bench.VARIANTS[k] for k in bench.GPU_VARIANTS)
+    tiny = dict(n_layer=1, n_head=2, n_embd=32, seq_len=16, batch_size=2, vocab_size=512)
+    rows = bench.stage_speeds({"gpt2": bench.GPU_VARIANTS["gpt2"]}, steps=1, warmup=1, rounds=1, scale="gpu", **tiny)
+    assert rows[0]["steps"] == 2 and rows[0]["tokens_per_second"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_bench_without_a_gpu_says_what_to_run_instead(capsys):
+    from nanogpt_core.__main__ import main
+
+    with pytest.raises(NotImplementedError, match="needs a CUDA GPU"):
+        bench.run_gpu_bench(steps=1, warmup=1)
+    assert main(["bench", "--scale", "gpu"]) == 2
+    assert "on a CPU run `python -m nanogpt_core bench`" in capsys.readouterr().err
+
+
+def test_bench_command_refuses_an_untimed_setup(capsys):
+    from nanogpt_core.__main__ import main
+
+    assert main(["bench", "--warmup", "0"]) == 2
+    assert "the first step compiles and is never timed" in capsys.readouterr().err
+    assert main(["bench", "--scale", "gpu", "--steps", "0"]) == 2
+    assert "--steps=0 must be at least 1" in capsys.readouterr().err
