@@ -187,7 +187,7 @@ def attention_backends(
     rows = []
     for T, window in cases:
         g = torch.Generator().manual_seed(T)
-        q, k, v = (torch.randn(batch, heads, T, head_dim, generator=g, device="cpu").to(device) for _ in range(3))
+        q, k, v = (torch.randn(batch, heads, T, head_dim, generator=g).to(device) for _ in range(3))
         upstream = torch.randn(batch, heads, T, head_dim, generator=g).to(device)
         ref = [t.clone().requires_grad_() for t in (q, k, v)]
         y_ref = naive_attention(*ref, window)
