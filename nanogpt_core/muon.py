@@ -38,7 +38,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from .optim import ShardedAdamW
+from .optim import ShardedAdamW, process_count
 
 # The original Muon quintic: chosen to maximize the slope at 0, not to converge to 1.
 NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -206,7 +206,7 @@ class Muon(torch.optim.Optimizer):
                     raise ValueError(f"Muon takes matrices only; got a parameter of shape {tuple(p.shape)}, give it to AdamW")
         self.dtype = dtype
         if world_size is None:
-            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            world_size = process_count()
         self.world_size = world_size
         self.rank = dist.get_rank() if world_size > 1 else 0
         self.self_synced_params = [p for g in self.param_groups for p in g["params"]] if world_size > 1 else []
@@ -394,9 +394,8 @@ def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
     adam_groups = [dict(params=[p for _, p in roles[r]], role=r, **kw) for r, kw in spec.items() if roles[r]]
     n_layer = model.cfg.n_layer if hasattr(model, "cfg") else 12
     muon_params = [p for _, p in roles["muon"]]
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     # one process: torch's AdamW; several: the same update with its state split across them
-    adamw = ShardedAdamW if distributed else torch.optim.AdamW
+    adamw = ShardedAdamW if process_count() > 1 else torch.optim.AdamW
     optimizers = {"adamw": adamw(adam_groups, eps=1e-10, weight_decay=0.0)}
     if muon_params:
         groups = {}

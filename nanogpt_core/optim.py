@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch.optim.adamw import adamw as adamw_update  # the functional form of torch.optim.AdamW's step
 
 from .config import TrainConfig
@@ -57,6 +58,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return opt
 
 
+def process_count() -> int:
+    """How many processes share this run: the size of the started process group, else 1."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
     """Scale every group's learning rate to ``multiplier`` times its initial (peak) value."""
     for group in optimizer.param_groups:
@@ -81,10 +87,8 @@ class ShardedAdamW(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  world_size: int | None = None, min_shard_numel: int = 1024):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-        import torch.distributed as dist
-
         if world_size is None:
-            world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            world_size = process_count()
         self.world_size, self.rank = world_size, (dist.get_rank() if world_size > 1 else 0)
         self.min_shard_numel = min_shard_numel
         self.self_synced_params = [p for g in self.param_groups for p in g["params"]] if world_size > 1 else []
@@ -94,8 +98,6 @@ class ShardedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        import torch.distributed as dist
-
         if closure is not None:
             raise ValueError("ShardedAdamW.step takes no closure")
         W = self.world_size
