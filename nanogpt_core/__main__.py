@@ -159,15 +159,14 @@ def _bench_command(sub) -> None:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    defaults = {"toy": (10, 2, 3, "run_bench"), "gpu": (100, 5, 1, "run_gpu_bench")}[a.scale]
-    steps, warmup, rounds = (given if given is not None else default
-                             for given, default in zip((a.steps, a.warmup, a.rounds), defaults))
-    for name, value in (("steps", steps), ("rounds", rounds)):
+    from . import bench
+
+    given = {k: v for k, v in (("steps", a.steps), ("warmup", a.warmup), ("rounds", a.rounds)) if v is not None}
+    for name, value in given.items():  # what is not given keeps the function's default
         if value < 1:
-            raise ConfigError(f"--{name}={value} must be at least 1")
-    if warmup < 1:
-        raise ConfigError(f"--warmup={warmup} must be at least 1: the first step compiles and is never timed")
-    _call("bench", defaults[3], steps, warmup, a.json, rounds)
+            why = ": the first step compiles and is never timed" if name == "warmup" else ""
+            raise ConfigError(f"--{name}={value} must be at least 1{why}")
+    (bench.run_gpu_bench if a.scale == "gpu" else bench.run_bench)(json_path=a.json, **given)
     return 0
 
 

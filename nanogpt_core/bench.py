@@ -307,7 +307,7 @@ def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, ro
     for r in attn:
         print(f"T={r['T']:>5}  naive {1e3 * r['naive_seconds']:7.1f} ms {r['naive_saved_bytes'] / 2**20:7.1f} MiB   "
               f"sdpa {1e3 * r['sdpa_seconds']:7.1f} ms {r['sdpa_saved_bytes'] / 2**20:7.2f} MiB")
-    print(f"# attention inside a compiled bf16 graph: the formula vs the fused kernel, 4096 tokens, H=4, D=64")
+    print("# attention inside a compiled bf16 graph: the formula vs the fused kernel, 4096 tokens, H=4, D=64")
     crossover = compiled_attention_crossover()
     for r in crossover:
         print(f"T={r['T']:>5} window {r['window']:>5}  formula {r['formula_ms']:6.1f} ms   sdpa {r['sdpa_ms']:6.1f} ms"
@@ -330,6 +330,11 @@ def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, ro
         "runs": runs, "ratios": ratios, "attention": attn, "attention_compiled_bf16": crossover,
         "step_profiles": profiles, "matmul_gflops": peak,
     }
+    return _saved(result, json_path)
+
+
+def _saved(result: dict, json_path: str | None) -> dict:
+    """``result``, written to ``json_path`` as JSON first when a path is given."""
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=1))
@@ -381,8 +386,4 @@ def run_gpu_bench(steps: int = 100, warmup: int = 5, json_path: str | None = Non
         "data": "toy corpus (Shakespeare), BPE with the gpu scale's 32,768-token vocabulary",
         "runs": runs, "ratios": ratios, "final_loss": final_loss, "attention_backends": attn,
     }
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1))
-        print(f"saved to {json_path}")
-    return result
+    return _saved(result, json_path)
