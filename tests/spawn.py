@@ -1,7 +1,9 @@
 """Run a test worker in two gloo processes on this machine."""
 
+import os
 import socket
 
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
@@ -11,6 +13,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _in_process_group(rank, world_size, port, worker, args) -> None:
+    # torchrun's environment, so code that reads it (train.init_distributed) sees the same group
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        worker(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
 def run_on_two_processes(worker, *args) -> None:
-    """``worker(rank, 2, port, *args)`` in two processes; raises if either fails."""
-    mp.spawn(worker, args=(2, free_port(), *args), nprocs=2, join=True)
+    """``worker(rank, 2, *args)`` in two processes, each in a started gloo group; raises if either fails."""
+    mp.spawn(_in_process_group, args=(2, free_port(), worker, args), nprocs=2, join=True)

@@ -241,10 +241,7 @@ def _make_opt(params, **kw):
     return Muon([dict(params=ps) for ps in groups.values()], lr=0.05, weight_decay=0.2, total_steps=10, **kw)
 
 
-def _distributed_worker(rank, world_size, port, out_path):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+def _distributed_worker(rank, world_size, out_path):
     torch.set_num_threads(1)
     init, grads = _make_params_and_grads(world_size=world_size)
     params = [torch.nn.Parameter(p.clone()) for p in init]
@@ -258,7 +255,6 @@ def _distributed_worker(rank, world_size, port, out_path):
     if rank == 0:
         torch.save({"params": [p.detach() for p in params]}, out_path)
     torch.save(n_state, f"{out_path}.{rank}")
-    dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
@@ -295,12 +291,9 @@ def _adam_params_and_grads(seed=7, steps=3, world_size=2):
 ADAM_KW = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.1)
 
 
-def _sharded_adamw_worker(rank, world_size, port, out_path):
-    import torch.distributed as dist
-
+def _sharded_adamw_worker(rank, world_size, out_path):
     from nanogpt_core.optim import ShardedAdamW
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     init, grads = _adam_params_and_grads(world_size=world_size)
     params = [torch.nn.Parameter(p.clone()) for p in init]
@@ -312,7 +305,6 @@ def _sharded_adamw_worker(rank, world_size, port, out_path):
         opt.step()
     state_numel = [opt.state[p]["exp_avg"].numel() for p in params]
     torch.save({"params": [p.detach() for p in params], "state_numel": state_numel}, f"{out_path}.{rank}")
-    dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
@@ -352,21 +344,17 @@ def test_sharded_adamw_on_one_process_is_torch_adamw():
     assert opt_ours.self_synced_params == []
 
 
-def _routing_worker(rank, world_size, port, out_path):
-    import torch.distributed as dist
-
+def _routing_worker(rank, world_size, out_path):
     from nanogpt_core.config import stage_config
     from nanogpt_core.model import GPT
     from nanogpt_core.optim import ShardedAdamW
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     cfg = stage_config("muon", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=32, grad_clip=0.0)
     model = GPT(cfg.model)
     opt = build_muon_adamw(model, cfg.train)
     synced = {id(p) for p in opt.self_synced_params}
     torch.save({"adamw": type(opt.optimizers["adamw"]) is ShardedAdamW,
                 "all_synced": synced == {id(p) for p in model.parameters()}}, f"{out_path}.{rank}")
-    dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
