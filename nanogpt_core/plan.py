@@ -26,7 +26,6 @@ temporaries of a few GB.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
