@@ -145,7 +145,6 @@ def load_fa3():
         name = torch.cuda.get_device_name()
         _fa3 = (None, f"FA3 kernels are built for Hopper (sm90); this GPU is {name}")
     else:
-        _fa3 = (None, "neither flash_attn_interface nor the `kernels` package (pip install kernels) is installed")
         try:
             import flash_attn_interface  # a local FA3 build
 
@@ -154,11 +153,47 @@ def load_fa3():
             try:
                 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
                 from kernels import get_kernel
-
-                _fa3 = (get_kernel("varunneal/flash-attention-3").flash_attn_interface, "")
-            except Exception as err:  # not installed, or the hub is unreachable
-                _fa3 = (None, f"loading FA3 through `kernels` failed ({type(err).__name__}: {err})")
+            except ImportError:
+                _fa3 = (None, "neither flash_attn_interface nor the `kernels` package is installed: "
+                              "pip install -e '.[gpu]'")
+            else:
+                try:
+                    _fa3 = (_hub_fa3(get_kernel).flash_attn_interface, "")
+                except Exception as err:  # the hub is unreachable and the kernel not cached, or a build mismatch
+                    _fa3 = (None, f"loading FA3 from the Hugging Face hub ({FA3_HUB_REPO}) through `kernels` failed "
+                                  f"({type(err).__name__}: {err})")
     return _fa3
+
+
+# The FA3 build nanochat's run 1 used on Hopper (nanochat/flash_attention.py), fetched from the
+# Hugging Face hub by the `kernels` package on first use and cached (HF_HUB_OFFLINE=1 then works).
+FA3_HUB_REPO = "varunneal/flash-attention-3"
+
+
+def _hub_fa3(get_kernel):
+    """The hub's FA3 module. Recent `kernels` releases want a revision and an explicit opt-in for a
+    publisher outside their trusted list: installing the `gpu` extra is that opt-in."""
+    try:
+        return get_kernel(FA3_HUB_REPO, revision="main", trust_remote_code=True)
+    except TypeError:  # an older `kernels` without these arguments
+        return get_kernel(FA3_HUB_REPO)
+
+
+def require_fa3(attn_backend: str, scale: str, allow_sdpa: bool = False) -> str:
+    """The attention kernel a run will use; a ConfigError for a `speedrun`-scale run that would fall
+    back to SDPA without ``allow_sdpa`` (so a three-hour run on eight GPUs does not start slow by accident).
+
+    Only the fused backends ("auto", "fa3") are checked: the `gpt2` stage names "naive" on purpose.
+    """
+    backend = resolve_backend(attn_backend)  # prints the choice, once per process
+    if scale == "speedrun" and attn_backend in ("auto", "fa3") and backend != "fa3" and not allow_sdpa:
+        raise ConfigError(
+            f"FlashAttention-3 cannot run here ({load_fa3()[1]}), so this speedrun-scale run would use PyTorch SDPA "
+            "with explicit sliding-window masks: slower than run 1 (nanochat measured FA3 at about 9% more tokens/s "
+            "than FA2, and SDPA has no native sliding window), so the planner's hours would not hold. On H100/H200, "
+            "pip install -e '.[gpu]'; to train on SDPA anyway, pass --allow-sdpa"
+        )
+    return backend
 
 
 def resolve_backend(requested: str) -> str:

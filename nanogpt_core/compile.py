@@ -1,4 +1,5 @@
-"""The `compile` stage: torch.compile of the model and the optimizer step, and bf16 autocast.
+"""The `compile` stage: torch.compile of the model, a fused optimizer step, and bf16 autocast
+where the hardware computes bf16 natively (``hardware.use_bf16`` decides, once per run).
 
 torch.compile captures the Python forward pass as a graph (TorchDynamo), derives the backward
 graph ahead of time (AOTAutograd) and hands both to a compiler (Inductor) that fuses chains

@@ -12,17 +12,6 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-# The ladder, in order. Each entry: the stage name and what it switches on.
-STAGES: dict[str, str] = {
-    "gpt2": "GPT-2 (2019): learned positions, LayerNorm, GELU, tied embeddings, AdamW, cosine LR, plain token stream",
-    "flash-attention": "fused attention kernel (FA3 on Hopper, SDPA elsewhere) + SSSL sliding windows",
-    "compile": "torch.compile of the model, a fused AdamW step, bf16 autocast",
-    "muon": "Muon (Polar Express, NorMuon, cautious weight decay) for hidden matrices, AdamW for the rest",
-    "modern-block": "RoPE, QK-norm, RMSNorm, untied head, no biases, ReLU^2, logit softcap, zero-init projections",
-    "value-embeddings": "value embeddings on alternating layers, per-layer residual scalars",
-    "bos-loader": "every row starts at a document's BOS token",
-    "packing": "BestFit-Crop packing: rows 100% full (the full speedrun recipe)",
-}
 SCALES = ("toy", "gpu", "speedrun")
 
 
@@ -125,7 +114,7 @@ class TrainConfig:
     warmdown_frac: float = 0.4  # warmdown: fraction of the steps spent decaying
     final_lr_frac: float = 0.1  # the LR at the last step, as a fraction of the peak
     compile: bool = False
-    bf16: bool = False  # bf16 autocast for the forward pass
+    bf16: str = "off"  # bf16 autocast for the forward pass: "on", "off", or "auto" (where the hardware computes bf16)
     loader: str = "stream"  # "stream" (plain token stream), "bos" (BOS-aligned), "bestfit" (packing)
     eval_every: int = 50  # steps between val evaluations (0 = only at the end)
     eval_tokens: int = 32_768  # val tokens per evaluation
@@ -138,6 +127,9 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, ("adamw", "muon"))
         _choice("schedule", self.schedule, ("cosine", "warmdown"))
         _choice("loader", self.loader, ("stream", "bos", "bestfit"))
+        if isinstance(self.bf16, bool):  # configs saved before "auto" existed
+            self.bf16 = "on" if self.bf16 else "off"
+        _choice("bf16", self.bf16, ("off", "on", "auto"))
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps={self.warmup_steps!r} must be >= 0")
         if not 0 <= self.warmdown_frac <= 1:
@@ -216,26 +208,46 @@ SCALE_PRESETS: dict[str, dict] = {
         # 524,288 tokens/step = 16 rows x 2048 x 8 GPUs x grad_accum 2 (on N GPUs: grad_accum 16/N;
         # `python -m nanogpt_core plan --gpus N` prints it); 16,704 steps = 12 x 729.8M scaling params
         batch_size=16, grad_accum=2, steps=16_704, warmup_steps=0, eval_every=250, eval_tokens=10 * 2**20,
+        # run 1's schedule: linear warmdown over the last 50% of the steps (--warmdown-ratio 0.5, the default
+        # of scripts/base_train.py at nanochat 348fbb3); the toy and gpu scales keep TrainConfig's 0.4
+        warmdown_frac=0.5,
     ),
 }
 
-# What each stage switches on, on top of the stages before it. A stage whose technique has
-# not been built yet raises NotImplementedError from stage_config (it is declared, not faked).
-STAGE_SWITCHES: dict[str, dict] = {
-    "gpt2": {},
+@dataclass(frozen=True)
+class Stage:
+    """One rung of the ladder: the config fields it sets on top of the stages before it."""
+
+    chapter: str  # the chapter notebook that teaches it
+    technique: str  # what it switches on, in words
+    switches: dict  # config fields (of ModelConfig or TrainConfig) and their values
+
+
+# The ladder, in order: stage k is stage k-1 plus one technique.
+STAGES: dict[str, Stage] = {
+    "gpt2": Stage("02_baseline_gpt2", "GPT-2 (2019): learned positions, LayerNorm, GELU, tied embeddings, AdamW, "
+                  "cosine LR, plain token stream", {}),
     # nanochat run 1: "SSSL", short window = seq_len / 2 (later versions: seq_len / 4)
-    "flash-attention": dict(attn_backend="auto", window_pattern="SSSL", short_window=0.5),
-    "compile": dict(compile=True, bf16=True),
-    # nanochat run 1: Muon + AdamW, constant LR then linear warmdown to 0, no clipping
-    "muon": dict(optimizer="muon", schedule="warmdown", warmup_steps=0, warmdown_frac=0.4, final_lr_frac=0.0,
-                 grad_clip=0.0),
-    "modern-block": dict(
-        pos_emb="rope", norm="rmsnorm", mlp="relu2", bias=False, tie_embeddings=False,
-        qk_norm=True, logit_softcap=15.0, zero_init_proj=True,
-    ),
-    "value-embeddings": dict(value_embeds=True, resid_scalars=True),
-    "bos-loader": dict(loader="bos"),  # every row starts at a document's BOS (greedy crop)
-    "packing": dict(loader="bestfit"),  # BestFit-Crop: rows 100% full, fewer tokens cropped
+    "flash-attention": Stage("03_flash_attention", "fused attention kernel (FA3 on Hopper, SDPA elsewhere) + SSSL "
+                             "sliding windows", dict(attn_backend="auto", window_pattern="SSSL", short_window=0.5)),
+    # bf16 "auto": autocast where the hardware computes bf16 natively, fp32 elsewhere (hardware.use_bf16)
+    "compile": Stage("04_compile_and_bf16", "torch.compile of the model, a fused AdamW step, bf16 autocast where "
+                     "the hardware computes bf16", dict(compile=True, bf16="auto")),
+    # nanochat run 1: Muon + AdamW, constant LR then linear warmdown to 0, no clipping. The warmdown's
+    # length is the scale's (warmdown_frac: 0.5 at speedrun as in run 1, TrainConfig's 0.4 elsewhere)
+    "muon": Stage("05_muon", "Muon (Polar Express, NorMuon, cautious weight decay) for hidden matrices, AdamW for "
+                  "the rest", dict(optimizer="muon", schedule="warmdown", warmup_steps=0,
+                                   final_lr_frac=0.0, grad_clip=0.0)),
+    "modern-block": Stage("06_architecture", "RoPE, QK-norm, RMSNorm, untied head, no biases, ReLU^2, logit softcap, "
+                          "zero-init projections",
+                          dict(pos_emb="rope", norm="rmsnorm", mlp="relu2", bias=False, tie_embeddings=False,
+                               qk_norm=True, logit_softcap=15.0, zero_init_proj=True)),
+    "value-embeddings": Stage("06_architecture", "value embeddings on alternating layers, per-layer residual scalars",
+                              dict(value_embeds=True, resid_scalars=True)),
+    # greedy crop: nanochat's first BOS-aligned loader
+    "bos-loader": Stage("07_bos_aligned_loader", "every row starts at a document's BOS token", dict(loader="bos")),
+    "packing": Stage("08_bestfit_packing", "BestFit-Crop packing: rows 100% full (the full speedrun recipe)",
+                     dict(loader="bestfit")),
 }
 
 
@@ -258,7 +270,5 @@ def stage_config(stage: str = "gpt2", scale: str | None = None, **overrides) -> 
     ladder = list(STAGES)
     switches: dict = {}
     for name in ladder[: ladder.index(stage) + 1]:
-        if name not in STAGE_SWITCHES:
-            raise NotImplementedError(f"stage {name!r} ({STAGES[name]}) is declared but not built yet")
-        switches.update(STAGE_SWITCHES[name])
+        switches.update(STAGES[name].switches)
     return Config(stage=stage, scale=scale).replace(**{**SCALE_PRESETS[scale], **switches, **overrides})

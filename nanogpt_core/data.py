@@ -3,6 +3,8 @@
 A corpus is a list of documents (strings). Tokenized, every document starts with BOS. The
 2019 baseline concatenates all documents into one token stream and cuts training rows
 out of it at random offsets, so a row can start mid-document and span several documents.
+FineWeb-edu shards are too large to hold: ``ParquetDocuments`` streams them from disk and
+remembers where each document sits, so a run resumes from a position in the shards.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,22 +90,119 @@ def load_toy_corpus(max_chars: int = 1000) -> Corpus:
 FINEWEB_REPO = "karpathy/fineweb-edu-100b-shuffle"  # shard_00000.parquet ...; the last shard is val
 
 
-def iter_parquet_texts(paths: Iterable[str | Path], batch_rows: int = 1024) -> Iterator[str]:
-    """Stream the `text` column of parquet shards, one row group batch at a time (constant memory)."""
+def open_shard(path: str | Path):
+    """A parquet shard as a ``pyarrow.parquet.ParquetFile`` (its footer only), checked for a `text` column."""
     import pyarrow.parquet as pq
 
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"parquet shard {path} does not exist; download the shards first")
+    try:
+        shard = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a truncated or foreign file
+        raise ValueError(f"{path} is not a readable parquet file ({err}); delete it and download it again") from err
+    if "text" not in shard.schema_arrow.names:
+        raise ValueError(f"{path} has no `text` column (columns: {shard.schema_arrow.names})")
+    return shard
+
+
+def iter_parquet_texts(paths: Iterable[str | Path], batch_rows: int = 1024) -> Iterator[str]:
+    """Stream the `text` column of parquet shards, one row group batch at a time (constant memory)."""
     for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"parquet shard {path} does not exist; download the shards first")
-        try:
-            shard = pq.ParquetFile(path)
-        except Exception as err:  # pyarrow raises several types for a truncated or foreign file
-            raise ValueError(f"{path} is not a readable parquet file ({err}); delete it and download it again") from err
-        if "text" not in shard.schema_arrow.names:
-            raise ValueError(f"{path} has no `text` column (columns: {shard.schema_arrow.names})")
-        for batch in shard.iter_batches(batch_size=batch_rows, columns=["text"]):
+        for batch in open_shard(path).iter_batches(batch_size=batch_rows, columns=["text"]):
             yield from batch.column(0).to_pylist()
+
+
+Position = tuple[int, int, int, int]  # (epoch, shard, row group, row): where a document sits in the stream
+
+
+class ParquetDocuments:
+    """The documents of parquet shards, tokenized as they are read: a stream too large to hold,
+    which a loader can resume from a position instead of reading everything before it again.
+
+    A document's position is (epoch, shard, row group, row). The row groups of all shards, in
+    order, are dealt to the ranks like cards: rank r of w reads row groups r, r + w, r + 2w, ...
+    (counted across shard boundaries, so every rank gets its share even where a shard has fewer
+    row groups than there are ranks). Each pass over the shards is an epoch. Only the row
+    groups a rank reads are decompressed and tokenized, by no other rank.
+
+    ``encode`` turns a list of texts into token lists (each starting with BOS). Calling the
+    object gives one pass over every document, for code that wants a plain stream.
+    """
+
+    def __init__(self, paths: Iterable[str | Path], encode: Callable[[list[str]], list[list[int]]], chunk: int = 256):
+        self.paths, self.encode, self.chunk = [Path(p) for p in paths], encode, chunk
+        if not self.paths:
+            raise FileNotFoundError("no train shards: download them first (python -m nanogpt_core download)")
+        self._groups: list[tuple[int, int]] | None = None
+        self._open: tuple[int, object] | None = None  # the shard read last, kept open
+        self.groups_read = 0  # row groups read so far (a resume reads only the few it needs)
+
+    def groups(self) -> list[tuple[int, int]]:
+        """Every (shard, row group), in reading order (from the shards' footers, read once)."""
+        if self._groups is None:
+            self._groups = [(s, g) for s, path in enumerate(self.paths) for g in range(open_shard(path).num_row_groups)]
+        return self._groups
+
+    def _texts(self, shard: int, group: int) -> list[str]:
+        if self._open is None or self._open[0] != shard:
+            self._open = (shard, open_shard(self.paths[shard]))
+        self.groups_read += 1
+        return self._open[1].read_row_group(group, columns=["text"]).column(0).to_pylist()
+
+    def documents(self, rank: int = 0, world_size: int = 1, start: Position | None = None) -> Iterator[tuple[Position, list[int]]]:
+        """(position, tokens) of rank ``rank``'s documents from ``start`` (default: the beginning), forever."""
+        mine = self.groups()[rank::world_size]
+        if not mine:
+            raise ValueError(f"the shards have {len(self.groups())} row groups in all, fewer than world_size="
+                             f"{world_size}: every rank needs at least one (download more shards)")
+        epoch, i, row = 0, 0, 0
+        if start is not None:
+            epoch, shard, group, row = (int(v) for v in start)
+            if (shard, group) not in mine:
+                raise ValueError(f"position {tuple(start)} is not in rank {rank}'s share of the row groups: "
+                                 f"resume with the same shards and the same number of processes")
+            i = mine.index((shard, group))
+        return self._documents(mine, rank, epoch, i, row)  # checked above, now rather than at the first read
+
+    def _documents(self, mine, rank, epoch, i, row):
+        while True:
+            found, full_pass = False, i == 0 and row == 0
+            for shard, group in mine[i:]:
+                texts = self._texts(shard, group)
+                for a in range(row, len(texts), self.chunk):
+                    for k, tokens in enumerate(self.encode(texts[a : a + self.chunk])):
+                        found = True
+                        yield (epoch, shard, group, a + k), tokens
+                row = 0
+            if not found and full_pass:
+                raise ValueError(f"the shards {self.paths[0].parent} hold no documents for rank {rank}")
+            epoch, i = epoch + 1, 0
+
+    @staticmethod
+    def after(position: Position) -> Position:
+        """The position to continue from once the document at ``position`` is read."""
+        epoch, shard, group, row = position
+        return (epoch, shard, group, row + 1)
+
+    def read(self, positions: Iterable[Position]) -> dict[Position, list[int]]:
+        """The tokens of the documents at ``positions``, reading only their row groups."""
+        by_group: dict[tuple[int, int], list[Position]] = {}
+        for p in positions:
+            p = tuple(int(v) for v in p)
+            by_group.setdefault((p[1], p[2]), []).append(p)
+        out = {}
+        for (shard, group), ps in sorted(by_group.items()):
+            texts = self._texts(shard, group)
+            out.update(zip(ps, self.encode([texts[p[3]] for p in ps])))
+        return out
+
+    def __call__(self) -> Iterator[list[int]]:
+        """One pass over every document (one process)."""
+        for (epoch, *_), tokens in self.documents():
+            if epoch > 0:
+                return
+            yield tokens
 
 
 def fineweb_shards(data_dir: str | Path, split: str) -> list[Path]:
@@ -131,17 +230,30 @@ def load_fineweb(data_dir: str | Path, split: str = "train", streaming: bool = T
 
 @dataclass
 class TokenizedCorpus:
-    """Documents as token-id lists (each starting with BOS), plus what bits per byte needs."""
+    """Documents as token-id lists (each starting with BOS), plus what bits per byte needs.
+
+    ``train_docs`` is a list (a corpus held in memory, e.g. the toy corpus) or a stream: a
+    ``ParquetDocuments`` (FineWeb-edu shards, read and tokenized as training goes), or any
+    zero-argument function returning a fresh iterable of token lists. ``val_docs`` is a list.
+    """
 
     enc: tiktoken.Encoding
-    train_docs: list[list[int]]
+    train_docs: list[list[int]] | ParquetDocuments | Callable[[], Iterable[list[int]]]
     val_docs: list[list[int]]
     token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token, 0 for specials
     source: str
 
+    @property
+    def in_memory(self) -> bool:
+        """True when the train documents are a list; False for a stream (shards on disk)."""
+        return isinstance(self.train_docs, Sequence)
+
     def stream(self, split: str) -> torch.Tensor:
         """All documents of a split concatenated into one 1-D token stream."""
         docs = {"train": self.train_docs, "val": self.val_docs}[split]
+        if not isinstance(docs, Sequence):
+            raise ValueError(f"the {split} documents are a stream ({self.source}), too large to concatenate in memory; "
+                             "loaders.ConsecutiveLoader reads them in order (train.build_loader picks it)")
         return torch.tensor([t for doc in docs for t in doc], dtype=torch.long)
 
 

@@ -13,6 +13,9 @@ Network errors are retried with exponential backoff (1, 2, 4, ... seconds).
 
     python -m nanogpt_core download --shards 8 --dir data/fineweb
     python -m nanogpt_core tokenizer --dir data/fineweb --vocab 32768 --out tok.json
+
+nanochat's run 1 downloaded 370 shards and validated on the last, shard_00369 (``plan`` prints
+why: the packing loader discards ~35% of the document tokens).
 """
 
 from __future__ import annotations
@@ -157,23 +160,21 @@ def train_tokenizer_on_shards(data_dir: str | Path, vocab_size: int = 32_768, ma
 def fineweb_data(data_dir: str | Path, tokenizer_path: str | Path, val_tokens: int = 10 * 2**20):
     """The downloaded shards as a ``TokenizedCorpus`` for ``train``, without holding them in memory.
 
-    ``train_docs`` is a stream (a function returning a fresh iterator of token lists, encoded
-    on the fly from the train shards), which the document loaders (stages ``bos-loader`` and
-    ``packing``) read rank by rank; ``val_docs`` holds the first ``val_tokens`` tokens of the
-    val shard (the last one).
+    ``train_docs`` is a ``data.ParquetDocuments`` over the train shards (all but the last):
+    documents are read and tokenized as training goes, every rank reads its own row groups,
+    and a checkpoint records a position in the shards. Every stage trains on it: the plain
+    token stream (``gpt2`` to ``value-embeddings``) through ``loaders.ConsecutiveLoader``,
+    the BOS-aligned loaders (``bos-loader``, ``packing``) through ``loaders.DocumentLoader``.
+    ``val_docs`` holds the first ``val_tokens`` tokens of the val shard (the last one).
     """
-    from .data import TokenizedCorpus, fineweb_shards
+    from .data import ParquetDocuments, TokenizedCorpus, fineweb_shards
     from .tokenizer import bos_id, load_tokenizer, token_bytes
 
     enc = load_tokenizer(tokenizer_path)
-    bos, train_paths = bos_id(enc), fineweb_shards(data_dir, "train")
+    bos = bos_id(enc)
 
-    def train_docs():
-        import pyarrow.parquet as pq
-
-        for path in train_paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["text"]):
-                yield from ([bos, *ids] for ids in enc.encode_ordinary_batch(batch.column(0).to_pylist()))
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [[bos, *ids] for ids in enc.encode_ordinary_batch(texts)]
 
     val_docs, n = [], 0
     for text in iter_parquet_texts(fineweb_shards(data_dir, "val")):
@@ -181,4 +182,5 @@ def fineweb_data(data_dir: str | Path, tokenizer_path: str | Path, val_tokens: i
         n += len(val_docs[-1])
         if n > val_tokens:
             break
+    train_docs = ParquetDocuments(fineweb_shards(data_dir, "train"), encode)
     return TokenizedCorpus(enc, train_docs, val_docs, token_bytes(enc), source=f"FineWeb-edu shards in {data_dir}")

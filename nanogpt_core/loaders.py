@@ -27,7 +27,10 @@ The floor on cropping is the tokens beyond C in documents longer than C (22.9% a
 Every loader streams documents (constant memory besides the buffer), is deterministic for a
 seed, gives each rank of a distributed run a disjoint share of the documents, and resumes
 exactly from ``state_dict()``. On a finite list of documents it runs epochs: each epoch is a
-fresh permutation (seeded), so no document is used twice within an epoch.
+fresh permutation (seeded), so no document is used twice within an epoch. On parquet shards
+(``data.ParquetDocuments``) the state is a position in the shards (shard, row group, row),
+so a resume reads only what it needs. ``ConsecutiveLoader`` at the end is the 2019 token
+stream for documents streamed from disk.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -57,6 +59,7 @@ class Doc:
     tokens: Sequence[int] | None = None  # None in length-only simulations
     index: int = -1  # where it sits in the corpus (list sources) or in one pass of the stream
     epoch: int = 0
+    where: tuple | None = None  # (epoch, shard, row group, row) for documents of parquet shards
 
 
 class DocBuffer:
@@ -214,19 +217,27 @@ def _check_args(batch_size: int, seq_len: int, policy: str, buffer_size: int) ->
 class DocumentSource:
     """This rank's documents, in order, as (ordinal, tokens); ordinal n is the n-th document.
 
-    ``docs`` is either a sequence of token lists (random access: each epoch is a seeded
-    permutation, rank r of w takes every w-th document of it, and an epoch ends after
-    len(docs) // w documents, so all ranks stay in step), or a zero-argument callable that
-    returns a fresh iterable of token lists (a stream, e.g. parquet shards already shuffled):
-    rank r takes the documents at positions r, r + w, ...; each pass over it is an epoch.
+    ``docs`` is one of:
+
+    - a sequence of token lists (random access): each epoch is a seeded permutation, rank r of
+      w takes every w-th document of it, and an epoch ends after len(docs) // w documents, so
+      all ranks stay in step;
+    - a positioned stream such as ``data.ParquetDocuments`` (it has ``documents(rank,
+      world_size, start)``, ``after(position)`` and ``read(positions)``): it deals its row
+      groups to the ranks, and a resume starts at a saved position and reads back only the
+      documents a loader held, nothing before them;
+    - a zero-argument callable returning a fresh iterable of token lists (any stream): rank r
+      takes the documents at positions r, r + w, ...; each pass over it is an epoch, and a
+      resume replays the stream up to where it was.
     """
 
     def __init__(self, docs, seed: int = 0, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.docs = self.factory = self.positioned = None
         if isinstance(docs, Sequence):
-            self.docs, self.factory = docs, None
+            self.docs = docs
             self.per_epoch = len(docs) // world_size
             if self.per_epoch == 0:
                 raise ValueError(
@@ -234,19 +245,26 @@ class DocumentSource:
                     "every rank needs at least one (an empty corpus cannot be packed)"
                 )
             self._perm_epoch, self._perm = -1, None
+        elif all(hasattr(docs, name) for name in ("documents", "after", "read")):
+            self.positioned = docs
         elif callable(docs):
-            self.docs, self.factory = None, docs
+            self.factory = docs
         else:
             raise TypeError(
-                "docs must be a sequence of token lists, or a zero-argument function returning an iterable "
-                "of token lists (wrap a one-shot iterator as `lambda: iterator` only if you never resume)"
+                "docs must be a sequence of token lists, a positioned stream (data.ParquetDocuments), or a "
+                "zero-argument function returning an iterable of token lists (wrap a one-shot iterator as "
+                "`lambda: iterator` only if you never resume)"
             )
         self.rewind(0)
 
-    def rewind(self, consumed: int) -> None:
-        """Continue after the first ``consumed`` documents (a stream is replayed to get there)."""
+    def rewind(self, consumed: int, position=None) -> None:
+        """Continue after the first ``consumed`` documents: a positioned stream from ``position``
+        (the next document's, None for the start), a plain stream by replaying it to get there."""
         self.consumed = 0
-        if self.factory is not None:
+        if self.positioned is not None:
+            self.position = None if position is None else tuple(int(v) for v in position)
+            self._it = self.positioned.documents(self.rank, self.world_size, self.position)
+        elif self.factory is not None:
             self.epoch, self._it = 0, self._stream()
             for _ in range(consumed):
                 self.next()
@@ -275,23 +293,29 @@ class DocumentSource:
 
     def next(self) -> Doc:
         """This rank's next document."""
-        ordinal = self.consumed
+        ordinal, where = self.consumed, None
         if self.docs is not None:
             index, epoch = self._index(ordinal), ordinal // self.per_epoch
             tokens = self.docs[index]
+        elif self.positioned is not None:
+            where, tokens = next(self._it)
+            index, epoch = ordinal, where[0]
+            self.position = self.positioned.after(where)
         else:
             index, tokens = next(self._it)
             epoch = self.epoch
         self.consumed += 1
         if len(tokens) == 0:
-            raise ValueError(f"document {index} has no tokens; every document must start with its BOS token")
-        return Doc(ordinal, len(tokens), tokens, index, epoch)
+            raise ValueError(f"document {where or index} has no tokens; every document must start with its BOS token")
+        return Doc(ordinal, len(tokens), tokens, index, epoch, where)
 
     def fetch(self, ordinals: Sequence[int]) -> dict[int, Doc]:
-        """Already-consumed documents, by ordinal (to restore a buffer); a stream is replayed."""
+        """Already-consumed documents, by ordinal (to restore a buffer); a plain stream is replayed."""
         if self.docs is not None:
             return {o: Doc(o, len(self.docs[i]), self.docs[i], i, o // self.per_epoch)
                     for o, i in ((o, self._index(o)) for o in ordinals)}
+        if self.positioned is not None:
+            raise ValueError("a positioned stream restores its documents from their positions (load_state_dict)")
         wanted, found = set(ordinals), {}
         replay = DocumentSource(self.factory, self.seed, self.rank, self.world_size)
         for _ in range(max(wanted, default=-1) + 1):
@@ -299,6 +323,34 @@ class DocumentSource:
             if doc.ordinal in wanted:
                 found[doc.ordinal] = doc
         return found
+
+    def state_dict(self, held: Sequence[Doc]) -> dict:
+        """Where the source is, and the documents a loader holds (plain ints and lists).
+
+        ``buffer`` lists their ordinals; a positioned stream adds ``position`` (the next
+        document's) and ``buffer_at`` (the held documents' positions), so a resume reads back
+        only the row groups they sit in.
+        """
+        state = {"consumed": self.consumed, "buffer": [doc.ordinal for doc in held]}
+        if self.positioned is not None:
+            state["position"] = None if self.position is None else list(self.position)
+            state["buffer_at"] = [list(doc.where) for doc in held]
+        return state
+
+    def load_state_dict(self, state: dict) -> list[Doc]:
+        """Continue from ``state``; returns the held documents, in the order they were saved."""
+        ordinals = [int(o) for o in state["buffer"]]
+        if self.positioned is not None:
+            if "position" not in state:
+                raise ValueError("this loader state has no position in the shards (it was saved by an older version, "
+                                 "which replayed the stream); restart the run, or resume it with that version")
+            self.rewind(int(state["consumed"]), state["position"])
+            wheres = [tuple(int(v) for v in w) for w in state["buffer_at"]]
+            tokens = self.positioned.read(wheres)
+            return [Doc(o, len(tokens[w]), tokens[w], o, w[0], w) for o, w in zip(ordinals, wheres)]
+        self.rewind(int(state["consumed"]))
+        found = self.fetch(ordinals)
+        return [found[o] for o in ordinals]
 
 
 # ---- the loader ------------------------------------------------------------------------------
@@ -357,15 +409,12 @@ class DocumentLoader:
 
     def state_dict(self) -> dict:
         """Plain ints and lists: where the stream is, which documents wait in the buffer, the stats."""
-        return {"step": self.step, "consumed": self.source.consumed,
-                "buffer": [doc.ordinal for doc in self.buffer.docs], "stats": asdict(self.stats)}
+        return {"step": self.step, **self.source.state_dict(self.buffer.docs), "stats": asdict(self.stats)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-        self.source.rewind(int(state["consumed"]))
-        found = self.source.fetch([int(o) for o in state["buffer"]])
         self.buffer = DocBuffer()
-        for doc in found.values():
+        for doc in self.source.load_state_dict(state):
             self.buffer.push(doc)
         self.stats = PackingStats(**state["stats"])
 
@@ -385,125 +434,58 @@ class Piece:
         return self.length < self.doc_length
 
 
-# ---- throughput benchmark --------------------------------------------------------------------
+# ---- the 2019 loader on a stream too large to hold ---------------------------------------------
 
 
-def fineweb_like_lengths(n: int, seed: int = 0, mean: float = 1000.0, sigma: float = 1.1) -> list[int]:
-    """Synthetic document lengths (tokens) with a web-like long tail: lognormal with the given mean.
+class ConsecutiveLoader:
+    """The plain token stream (stages ``gpt2`` to ``value-embeddings``) on documents streamed from disk.
 
-    The defaults put 22.7% of the tokens beyond a 2049-token row, close to the 22.9% floor that
-    nanochat measured on FineWeb-edu; the real length distribution itself is not public here.
+    ``data.TokenStreamLoader`` cuts rows at random offsets out of one stream held in memory;
+    FineWeb-edu's shards do not fit in memory, and are already shuffled, so this loader reads
+    them in order, as llm.c and nanochat's original loader do: documents concatenated (each
+    starts with its BOS), every batch is the next ``B * T + 1`` tokens as B rows of T inputs
+    and T targets (a row's last target is the next row's first input), and the window then
+    moves on by ``B * T``. Rows start mid-document, as in 2019. Rank r reads its own documents
+    (``DocumentSource``), so the ranks' rows are disjoint.
 
-    A lognormal with log-std ``sigma`` has mean exp(mu + sigma^2 / 2), so mu = ln(mean) - sigma^2 / 2.
+    ``state_dict()`` holds the documents whose tokens are not all used yet and how far into
+    the first one the window is, so a resume (from a position in the shards) continues with
+    exactly the next token.
     """
-    g = torch.Generator().manual_seed(seed)
-    mu = math.log(mean) - sigma**2 / 2
-    lengths = torch.empty(n).log_normal_(mu, sigma, generator=g)
-    return [max(2, int(v)) for v in lengths.tolist()]
 
+    def __init__(self, docs, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        _check_args(batch_size, seq_len, "bestfit", 1)
+        self.B, self.T = batch_size, seq_len
+        self.source = DocumentSource(docs, seed, rank, world_size)
+        self.pending: list[Doc] = []  # documents whose tokens are not all used yet, in stream order
+        self.offset = 0  # tokens of pending[0] already used
+        self.step = 0
 
-def compare_policies(lengths: Sequence[int], seq_len: int, buffer_size: int = 1000) -> dict[str, dict]:
-    """Pack the same documents with every policy: {policy: stats summary}, plus the cropping floor.
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        need, advance = self.B * self.T + 1, self.B * self.T
+        have = sum(doc.length for doc in self.pending) - self.offset
+        while have < need:
+            self.pending.append(self.source.next())
+            have += self.pending[-1].length
+        parts = [np.asarray(self.pending[0].tokens[self.offset :], dtype=np.int64)]
+        parts += [np.asarray(doc.tokens, dtype=np.int64) for doc in self.pending[1:]]
+        flat = np.concatenate(parts)[:need]
+        used = self.offset + advance  # at least one token is left over, so pending never empties
+        while used >= self.pending[0].length:
+            used -= self.pending.pop(0).length
+        self.offset = used
+        self.step += 1
+        x, y = flat[:-1].reshape(self.B, self.T).copy(), flat[1:].reshape(self.B, self.T).copy()
+        return torch.from_numpy(x), torch.from_numpy(y)
 
-    Runs until the documents run out, so the figures are steady-state, not a warm-up.
-    ``floor`` is the fraction of tokens beyond ``seq_len + 1`` in documents longer than a row:
-    no policy that starts every document at the beginning of a row can keep them.
-    """
-    out = {p: simulate_packing(lengths, seq_len, p, buffer_size)[0].summary() for p in POLICIES}
-    out["floor"] = sum(max(0, n - seq_len - 1) for n in lengths) / sum(lengths)
-    return out
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
 
+    def state_dict(self) -> dict:
+        return {"step": self.step, **self.source.state_dict(self.pending), "offset": self.offset}
 
-def benchmark(policy: str = "bestfit", docs=None, seq_len: int = 256, batch_size: int = 16, batches: int = 50,
-              buffer_size: int = 1000) -> dict:
-    """Time ``next_batch`` of a DocumentLoader: seconds per batch, documents/s and tokens/s."""
-    loader = DocumentLoader(docs, batch_size, seq_len, policy, buffer_size)
-    loader.next_batch()  # fill the buffer outside the timing
-    used0, placed0 = loader.stats.docs_used, loader.stats.placed
-    t0 = time.perf_counter()
-    for _ in range(batches):
-        loader.next_batch()
-    dt = time.perf_counter() - t0
-    return {"policy": policy, "seq_len": seq_len, "batch_size": batch_size, "buffer_size": buffer_size,
-            "seconds_per_batch": dt / batches, "docs_per_s": (loader.stats.docs_used - used0) / dt,
-            "tokens_per_s": (loader.stats.placed - placed0) / dt}
-
-
-def toy_step_seconds(steps: int = 3) -> float:
-    """Seconds per training step of the toy gpt2 stage (16 x 256 tokens), forward + backward + AdamW."""
-    from .config import stage_config
-    from .model import GPT
-    from .optim import build_optimizer
-
-    cfg = stage_config("gpt2", "toy")
-    torch.manual_seed(0)
-    model = GPT(cfg.model)
-    opt = build_optimizer(model, cfg.train)
-    x = torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.seq_len))
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        model(x, x).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[len(times[1:]) // 2]
-
-
-def run_benchmark(json_path: str | None = None) -> dict:
-    """Packing statistics (toy corpus at T=256, FineWeb-like lengths at T=2048) and loader throughput."""
-    import datetime
-    import platform
-
-    from .data import toy_data
-    from .train import describe_hardware
-
-    toy = toy_data().train_docs
-    web_lengths = fineweb_like_lengths(100_000)
-    web = [np.zeros(n, dtype=np.int64) for n in web_lengths[:20_000]]  # token values do not matter for speed
-    result = {
-        "command": "python -m nanogpt_core.loaders",
-        "hardware": describe_hardware(torch.device("cpu")),
-        "date": datetime.date.today().isoformat(),
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),
-        "toy": {"seq_len": 256, "documents": len(toy), "mean_length": sum(map(len, toy)) / len(toy),
-                "policies": compare_policies([len(d) for d in toy], 256)},
-        "fineweb_like": {"seq_len": 2048, "documents": len(web_lengths), "mean_length": sum(web_lengths) / len(web_lengths),
-                         "lognormal": {"mean": 1000.0, "sigma": 1.1}, "policies": compare_policies(web_lengths, 2048)},
-        "throughput": [benchmark(p, toy, 256, 16, 50) | {"corpus": "toy"} for p in POLICIES]
-        + [benchmark(p, web, 2048, 16, 20) | {"corpus": "fineweb_like"} for p in POLICIES],
-        "toy_step_seconds": toy_step_seconds(),
-    }
-    if json_path:
-        import json
-        from pathlib import Path
-
-        Path(json_path).write_text(json.dumps(result, indent=1))
-    return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m nanogpt_core.loaders [--json PATH]``: packing statistics and throughput."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m nanogpt_core.loaders", description=main.__doc__)
-    parser.add_argument("--json", metavar="PATH", help="also write the figures here")
-    r = run_benchmark(parser.parse_args(argv).json)
-    print(f"hardware: {r['hardware']}, {r['date']}")
-    for name in ("toy", "fineweb_like"):
-        c = r[name]
-        print(f"\n{name}: {c['documents']} documents, mean {c['mean_length']:.0f} tokens, rows of T+1 = {c['seq_len'] + 1}; "
-              f"cropping floor {c['policies']['floor']:.1%}")
-        for p in POLICIES:
-            s = c["policies"][p]
-            print(f"  {p:11s} utilization {s['utilization']:6.1%}  cropped {s['crop_fraction']:6.1%}  padding {s['pad_fraction']:6.1%}")
-    step = r["toy_step_seconds"]
-    print(f"\nthroughput (toy training step: {step * 1e3:.0f} ms for 16 x 256 tokens)")
-    for b in r["throughput"]:
-        print(f"  {b['corpus']:12s} T={b['seq_len']:5d} {b['policy']:11s} {b['seconds_per_batch'] * 1e3:6.2f} ms/batch "
-              f"({b['seconds_per_batch'] / step:6.2%} of a toy step)  {b['docs_per_s']:9,.0f} docs/s  {b['tokens_per_s']:11,.0f} tokens/s")
-
-
-if __name__ == "__main__":
-    main()
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.pending = self.source.load_state_dict(state)
+        self.offset = int(state["offset"])

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import attention_flops_per_token, causal_attention, layer_windows, resolve_backend
+from .attention import (attention_flops_per_token, causal_attention, formula_compiles_faster, layer_windows,
+                        resolve_backend)
 from .config import ModelConfig
 
 VE_GATE_CHANNELS = 32  # the value-embedding gate reads the first 32 channels of its input (nanochat)
@@ -95,8 +96,9 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, window: int | None = None, layer_idx: int = 0):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
-        resolve_backend(cfg.attn_backend)  # checks the name and says once what will run
-        self.backend, self.window = cfg.attn_backend, window  # window: left context in tokens
+        self.backend = resolve_backend(cfg.attn_backend)  # decided once: what runs here ("auto" -> fa3 or sdpa)
+        self.formula_when_compiled = cfg.attn_backend == "auto"  # see attention.formula_compiles_faster
+        self.window = window  # left context in tokens
         self.qk_norm = cfg.qk_norm
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
@@ -114,7 +116,8 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if self.qk_norm:  # after RoPE, per head
             q, k = rms_norm(q), rms_norm(k)
-        y = causal_attention(q, k, v, backend=self.backend, window=self.window)
+        backend = "naive" if self.formula_when_compiled and formula_compiles_faster(q) else self.backend
+        y = causal_attention(q, k, v, backend=backend, window=self.window)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -184,23 +187,46 @@ class GPT(nn.Module):
         """
         cfg, speedrun = self.cfg, self.cfg.zero_init_proj
         bound = math.sqrt(3 / cfg.n_embd)
-        for name, p in self.named_parameters():
-            if name == "x0_lambdas":
-                nn.init.constant_(p, 0.1)
-            elif p.dim() < 2:  # biases 0; norm gains and resid_lambdas 1
-                nn.init.zeros_(p) if name.endswith("bias") else nn.init.ones_(p)
-            elif name.endswith("ve_gate.weight") or (speedrun and name.endswith("c_proj.weight")):
-                nn.init.zeros_(p)
-            elif speedrun and name == "lm_head.weight":
-                nn.init.normal_(p, std=0.001)
-            elif speedrun and name == "wte.weight" and not cfg.tie_embeddings:
-                nn.init.normal_(p, std=1.0)
-            elif speedrun and name != "wpe.weight":
-                nn.init.uniform_(p, -bound, bound)
-            elif name.endswith("c_proj.weight"):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
-            else:
-                nn.init.normal_(p, std=0.02)
+
+        def matrix(w: torch.Tensor) -> None:  # a hidden matrix, or a value table
+            nn.init.uniform_(w, -bound, bound) if speedrun else nn.init.normal_(w, std=0.02)
+
+        def projection(w: torch.Tensor) -> None:  # a block's output projection, added to the residual stream
+            nn.init.zeros_(w) if speedrun else nn.init.normal_(w, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+        def zero_biases(*layers: nn.Linear) -> None:
+            for layer in layers:
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+        # drawn in the order of the parameters, so a config draws the same numbers whatever its switches
+        if speedrun and not cfg.tie_embeddings:
+            nn.init.normal_(self.wte.weight, std=1.0)
+        else:  # a tied table is also the head: GPT-2's N(0, 0.02), or the speedrun's matrix init
+            matrix(self.wte.weight) if speedrun else nn.init.normal_(self.wte.weight, std=0.02)
+        if self.wpe is not None:
+            nn.init.normal_(self.wpe.weight, std=0.02)
+        for table in self.value_embeds.values():
+            matrix(table.weight)
+        for block in self.blocks:
+            attn, mlp = block.attn, block.mlp
+            matrix(attn.c_attn.weight)
+            projection(attn.c_proj.weight)
+            if hasattr(attn, "ve_gate"):
+                nn.init.zeros_(attn.ve_gate.weight)  # gate 2 * sigmoid(0) = 1 at start
+            matrix(mlp.c_fc.weight)
+            projection(mlp.c_proj.weight)
+            zero_biases(attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)
+        for norm in self.modules():
+            if isinstance(norm, nn.LayerNorm):
+                nn.init.ones_(norm.weight)
+                if norm.bias is not None:
+                    nn.init.zeros_(norm.bias)
+        if not cfg.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=0.001 if speedrun else 0.02)
+        if cfg.resid_scalars:
+            nn.init.ones_(self.resid_lambdas)
+            nn.init.constant_(self.x0_lambdas, 0.1)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
         """idx: (B, T) token ids. Returns logits (B, T, V), or the loss when targets are given.

@@ -38,7 +38,8 @@ import math
 import torch
 import torch.distributed as dist
 
-from .optim import ShardedAdamW, process_count
+from .hardware import process_count
+from .schedules import momentum_at, weight_decay_at
 
 # The original Muon quintic: chosen to maximize the slope at 0, not to converge to 1.
 NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -54,7 +55,6 @@ POLAR_EXPRESS_COEFFS = (
 )
 
 METHODS = ("polar_express", "newton_schulz")
-_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 def iteration_coeffs(method: str = "polar_express", steps: int = 5) -> list[tuple[float, float, float]]:
@@ -158,8 +158,6 @@ def muon_update_(
 ) -> None:
     """One Muon step, in place, on a matrix or a stack of same-shape matrices (see the module doc).
 
-    ``momentum``, ``lr``, ``weight_decay``, ``beta2`` may be floats or 0-D tensors (tensors keep a
-    compiled version of this function from recompiling when the schedules change them).
     ``lr`` is the group's learning rate; the shape factor is applied here. ``second_moment``
     None turns NorMuon off.
     """
@@ -191,7 +189,7 @@ class Muon(torch.optim.Optimizer):
         self, params, lr: float = 0.02, momentum: float = 0.95, momentum_start: float = 0.85,
         momentum_warmup: int = 300, beta2: float | None = 0.95, weight_decay: float = 0.0,
         total_steps: int | None = None, ns_steps: int = 5, method: str = "polar_express",
-        dtype: torch.dtype | None = None, world_size: int | None = None, compile: bool = False,
+        dtype: torch.dtype | None = None, world_size: int | None = None,
     ):
         iteration_coeffs(method, ns_steps)  # validates both
         if lr <= 0 or not 0 <= momentum < 1 or (beta2 is not None and not 0 <= beta2 < 1):
@@ -210,20 +208,14 @@ class Muon(torch.optim.Optimizer):
         self.world_size = world_size
         self.rank = dist.get_rank() if world_size > 1 else 0
         self.self_synced_params = [p for g in self.param_groups for p in g["params"]] if world_size > 1 else []
-        self._update = torch.compile(muon_update_, dynamic=False) if compile else muon_update_
-        # 0-D CPU tensors for the scheduled values: compiled code reads them, never recompiles
-        self._hyper = {k: torch.tensor(0.0) for k in ("momentum", "lr", "weight_decay", "beta2")}
 
     @staticmethod
     def scheduled(group: dict) -> dict:
         """This step's momentum and weight decay (warmup / linear decay), from the group's counter."""
         step = group["step"]
-        frac = min(1.0, step / group["momentum_warmup"]) if group["momentum_warmup"] else 1.0
-        momentum = group["momentum_start"] + frac * (group["momentum"] - group["momentum_start"])
-        wd = group["weight_decay"]
-        if group["total_steps"]:
-            wd *= max(0.0, 1 - step / group["total_steps"])
-        return dict(momentum=momentum, lr=group["lr"], weight_decay=wd, beta2=group["beta2"] or 0.0)
+        return dict(momentum=momentum_at(step, group["momentum_start"], group["momentum"], group["momentum_warmup"]),
+                    lr=group["lr"], weight_decay=weight_decay_at(step, group["weight_decay"], group["total_steps"]),
+                    beta2=group["beta2"] or 0.0)
 
     def _state_for(self, p: torch.Tensor, use_normuon: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         state = self.state[p]
@@ -242,7 +234,8 @@ class Muon(torch.optim.Optimizer):
         stacked = torch.stack([p.detach() for p in params])
         buf = torch.stack([s[0] for s in states])
         v = torch.stack([s[1] for s in states]) if use_normuon else None
-        self._update(stacked, grads, buf, v, *self._hyper.values(), group["ns_steps"], group["method"], self.dtype)
+        muon_update_(stacked, grads, buf, v, **self.scheduled(group), steps=group["ns_steps"], method=group["method"],
+                     dtype=self.dtype)
         for i, (b, s) in enumerate(states):
             b.copy_(buf[i])
             if s is not None:
@@ -254,8 +247,6 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("Muon.step takes no closure")
         for group in self.param_groups:
-            for key, value in self.scheduled(group).items():
-                self._hyper[key].fill_(value)
             by_shape: dict[tuple, list[torch.Tensor]] = {}
             for p in group["params"]:
                 if self.world_size > 1 or p.grad is not None:
@@ -287,129 +278,5 @@ class Muon(torch.optim.Optimizer):
         if owned:
             new[: len(owned)] = self._update_stack(group, owned, my_grads[: len(owned)])
         gathered = grads  # reuse the gradient buffer for the gathered values
-        _all_gather(gathered, new)
+        dist.all_gather_into_tensor(gathered, new)
         torch._foreach_copy_(params, list(gathered[:K].unbind(0)))
-
-
-# ---- the speedrun's optimizer: Muon for hidden matrices, AdamW for the rest -------------------
-
-
-class MuonAdamW:
-    """Several optimizers stepped as one (AdamW for embeddings/head/scalars, Muon for matrices).
-
-    ``param_groups`` is the concatenation of theirs, so a scheduler that sets
-    ``group["lr"] = group["initial_lr"] * m`` on every group schedules them all.
-    """
-
-    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
-        self.optimizers = optimizers
-        self.self_synced_params = [p for opt in optimizers.values() for p in getattr(opt, "self_synced_params", [])]
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for opt in self.optimizers.values() for g in opt.param_groups]
-
-    def step(self) -> None:
-        for opt in self.optimizers.values():
-            opt.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state[name])
-
-
-def route_parameters(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.Tensor]]]:
-    """Sort every trainable parameter into exactly one role, by name and shape.
-
-    muon:       2-D matrices inside the transformer blocks
-    unembed:    the output head (and a token table tied to it)
-    embed:      token and value-embedding tables
-    position:   a learned position table (it takes the rate of the token table it is added to)
-    x0_scalar / resid_scalar: per-layer residual scalars (names with 'x0' / 'resid' and 'lambda')
-    vector:     every other 0-D or 1-D parameter (norm gains, biases)
-    Anything else raises, so no parameter is silently forgotten.
-    """
-    head = getattr(model, "lm_head", None)
-    head_weight = head.weight if head is not None else None
-    roles: dict[str, list] = {k: [] for k in ("muon", "unembed", "embed", "position", "x0_scalar", "resid_scalar", "vector")}
-    for name, p in model.named_parameters():  # a tied tensor appears once, under its first name
-        if not p.requires_grad:
-            continue
-        leaf = name.split(".")
-        if p is head_weight or leaf[0] == "lm_head":
-            role = "unembed"
-        elif "wpe" in leaf:
-            role = "position"
-        elif "value_embed" in name or "wte" in leaf:
-            role = "embed"
-        elif "lambda" in name and "x0" in name:
-            role = "x0_scalar"
-        elif "lambda" in name:
-            role = "resid_scalar"
-        elif p.ndim < 2:
-            role = "vector"
-        elif p.ndim == 2 and ("blocks" in leaf or leaf[:2] == ["transformer", "h"]):
-            role = "muon"
-        else:
-            raise ValueError(f"parameter {name!r} of shape {tuple(p.shape)} has no optimizer group; add a rule to route_parameters")
-        roles[role].append((name, p))
-    n_total = len({id(p) for p in model.parameters() if p.requires_grad})
-    n_routed = len({id(p) for ps in roles.values() for _, p in ps})
-    assert n_total == n_routed == sum(map(len, roles.values())), "a parameter was routed twice or not at all"
-    return roles
-
-
-def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
-    """The speedrun's optimizer for ``model`` with the rates of TrainConfig ``cfg``.
-
-    AdamW (betas (0.8, 0.95), eps 1e-10, no weight decay; its state split across the
-    processes of a multi-process run, ``optim.ShardedAdamW``): head ``unembedding_lr``, embedding
-    tables ``embedding_lr`` (both times (d_model / 768)^-0.5, nanochat's width rule), a learned
-    position table the rate of the token table (the head's when tied), residual
-    scalars ``scalar_lr`` * 0.01, x0 scalars ``scalar_lr`` with beta1 0.96, norm gains and
-    biases the baseline ``lr``. Muon for the block matrices at ``matrix_lr``, cautious weight
-    decay ``muon_weight_decay`` * (12 / n_layer)^2 decayed linearly to 0 over the run.
-    """
-    roles = route_parameters(model)
-    tied = any(name.startswith(("wte", "transformer.wte")) for name, _ in roles["unembed"])
-    d_model = model.cfg.n_embd if hasattr(model, "cfg") else 768
-    width_scale = (d_model / 768) ** -0.5
-    betas = (0.8, 0.95)
-    spec = {
-        "unembed": dict(lr=cfg.unembedding_lr * width_scale, betas=betas),
-        "embed": dict(lr=cfg.embedding_lr * width_scale, betas=betas),
-        # GPT-2's learned positions are added to the token table: same rate as that table (0.3 would drown it)
-        "position": dict(lr=(cfg.unembedding_lr if tied else cfg.embedding_lr) * width_scale, betas=betas),
-        "resid_scalar": dict(lr=cfg.scalar_lr * 0.01, betas=betas),
-        "x0_scalar": dict(lr=cfg.scalar_lr, betas=(0.96, 0.95)),
-        "vector": dict(lr=cfg.lr, betas=betas),
-    }
-    adam_groups = [dict(params=[p for _, p in roles[r]], role=r, **kw) for r, kw in spec.items() if roles[r]]
-    n_layer = model.cfg.n_layer if hasattr(model, "cfg") else 12
-    muon_params = [p for _, p in roles["muon"]]
-    # one process: torch's AdamW; several: the same update with its state split across them
-    adamw = ShardedAdamW if process_count() > 1 else torch.optim.AdamW
-    optimizers = {"adamw": adamw(adam_groups, eps=1e-10, weight_decay=0.0)}
-    if muon_params:
-        groups = {}
-        for p in muon_params:  # one group per shape: the stacks that are updated together
-            groups.setdefault(tuple(p.shape), []).append(p)
-        optimizers["muon"] = Muon(
-            [dict(params=ps, role="muon") for ps in groups.values()], lr=cfg.matrix_lr,
-            momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay * (12 / n_layer) ** 2,
-            total_steps=cfg.steps,
-        )
-    opt = MuonAdamW(optimizers)
-    if opt.self_synced_params and cfg.grad_clip:
-        raise ValueError("grad_clip needs the averaged gradients, but distributed Muon averages its own inside step(); "
-                         "set grad_clip=0 (the muon stage does: nanochat runs without clipping)")
-    for group in opt.param_groups:
-        group["initial_lr"] = group["lr"]
-    return opt

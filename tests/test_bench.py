@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nanogpt_core import attention as A
-from nanogpt_core import bench
+from nanogpt_core.lab import bench
 
 
 def test_attention_scaling_counts_the_score_matrix_naive_keeps():

@@ -16,13 +16,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nanogpt_core import classroom
-from nanogpt_core.exercises import CheckFailed
+from nanogpt_core.classroom import grader, notebooks
+from nanogpt_core.classroom.checks import CheckFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "classroom_chapter.ipynb"
 # Chapters present at collection time that have exercises (a cheap text test; find_exercises parses).
-CHAPTERS = [p for p in sorted((ROOT / "chapters").glob("[0-9]*.ipynb")) if classroom.BEGIN in p.read_text()]
+CHAPTERS = [p for p in sorted((ROOT / "chapters").glob("[0-9]*.ipynb")) if notebooks.BEGIN in p.read_text()]
 
 
 def run_check(imports: str, exercise: str, check: str) -> str:
@@ -38,13 +38,13 @@ def run_check(imports: str, exercise: str, check: str) -> str:
 @pytest.mark.parametrize("path", [FIXTURE, *CHAPTERS], ids=lambda p: p.stem)
 def test_every_check_fails_on_the_stub_and_passes_on_the_solution(path):
     nb = nbformat.read(path, as_version=4)
-    exercises = classroom.find_exercises(nb, path.stem)
+    exercises = notebooks.find_exercises(nb, path.stem)
     assert exercises, f"{path.name} has solution markers but no exercise was found"
-    student = classroom.make_student(nb, path.stem)
+    student = notebooks.make_student(nb, path.stem)
     for ex in exercises:
-        imports, check = classroom.exercise_sources(nb, ex)
-        solution = classroom._python(nb.cells[ex.solution_cell].source)
-        stub = classroom._python(student.cells[ex.solution_cell].source)
+        imports, check = notebooks.exercise_sources(nb, ex)
+        solution = notebooks._python(nb.cells[ex.solution_cell].source)
+        stub = notebooks._python(student.cells[ex.solution_cell].source)
         assert "✓" in run_check(imports, solution, check), f"{ex.function}: the check fails on the solution"
         with pytest.raises(CheckFailed, match="not implemented"):
             run_check(imports, stub, check)
@@ -55,12 +55,12 @@ def test_student_version_stubs_solutions_and_keeps_everything_else(path):
     from nbgrader.nbgraderformat import MetadataValidator
 
     nb = nbformat.read(path, as_version=4)
-    exercises = classroom.find_exercises(nb, path.stem)
-    student = classroom.make_student(nb, path.stem)
-    source = classroom.make_student(nb, path.stem, keep_solutions=True)
+    exercises = notebooks.find_exercises(nb, path.stem)
+    student = notebooks.make_student(nb, path.stem)
+    source = notebooks.make_student(nb, path.stem, keep_solutions=True)
     MetadataValidator().validate_nb(student)  # nbgrader accepts the metadata
     MetadataValidator().validate_nb(source)
-    assert student.metadata[classroom.META] == {"chapter": path.stem}
+    assert student.metadata[notebooks.META] == {"chapter": path.stem}
     exercise_cells = {i for ex in exercises for i in (ex.solution_cell, ex.check_cell)}
     for i, (orig, new, kept) in enumerate(zip(nb.cells, student.cells, source.cells, strict=True)):
         assert kept.source == orig.source
@@ -71,7 +71,7 @@ def test_student_version_stubs_solutions_and_keeps_everything_else(path):
             assert new.outputs == [] and new.execution_count is None
     for ex in exercises:
         cell = student.cells[ex.solution_cell]
-        assert classroom.BEGIN not in cell.source and classroom.END not in cell.source
+        assert notebooks.BEGIN not in cell.source and notebooks.END not in cell.source
         assert "raise NotImplementedError()" in cell.source
         assert cell.metadata.nbgrader["solution"] and student.cells[ex.check_cell].metadata.nbgrader["grade"]
     merge = student.cells[exercises[-1].solution_cell].source if path == FIXTURE else None
@@ -85,7 +85,7 @@ def test_student_command_and_exercise_table(tmp_path, capsys):
     assert main(["student", "--out", str(tmp_path), str(FIXTURE)]) == 0
     written = nbformat.read(tmp_path / FIXTURE.name, as_version=4)
     assert sum("raise NotImplementedError()" in c.source for c in written.cells) == 2
-    table = classroom.exercise_table([FIXTURE])
+    table = notebooks.exercise_table([FIXTURE])
     assert "| classroom_chapter | `merge` | `tokens.check_merge` |" in table
     assert main(["student", "--out", str(tmp_path), "no_such_chapter"]) == 2
     assert "no chapter 'no_such_chapter'" in capsys.readouterr().err
@@ -94,17 +94,17 @@ def test_student_command_and_exercise_table(tmp_path, capsys):
 def test_broken_conventions_are_reported_with_where_and_what():
     nb = nbformat.read(FIXTURE, as_version=4)
     broken = nbformat.from_dict(nb)
-    broken.cells[2].source = broken.cells[2].source.replace(classroom.END, "")
-    with pytest.raises(classroom.ClassroomError, match="cell 2.*without a matching"):
-        classroom.find_exercises(broken, "x")
+    broken.cells[2].source = broken.cells[2].source.replace(notebooks.END, "")
+    with pytest.raises(notebooks.ClassroomError, match="cell 2.*without a matching"):
+        notebooks.find_exercises(broken, "x")
     broken = nbformat.from_dict(nb)
     broken.cells[2].source += "\n\ncheck_most_frequent_pair(most_frequent_pair)"
-    with pytest.raises(classroom.ClassroomError, match="cell 2: the exercise cell calls check_most_frequent_pair"):
-        classroom.find_exercises(broken, "x")
+    with pytest.raises(notebooks.ClassroomError, match="cell 2: the exercise cell calls check_most_frequent_pair"):
+        notebooks.find_exercises(broken, "x")
     broken = nbformat.from_dict(nb)
     broken.cells[3].source = "print('no check here')"
-    with pytest.raises(classroom.ClassroomError, match="cell 2: the next code cell must call a check_"):
-        classroom.find_exercises(broken, "x")
+    with pytest.raises(notebooks.ClassroomError, match="cell 2: the next code cell must call a check_"):
+        notebooks.find_exercises(broken, "x")
 
 
 def test_find_submissions_supports_flat_files_and_student_folders(tmp_path):
@@ -113,23 +113,23 @@ def test_find_submissions_supports_flat_files_and_student_folders(tmp_path):
     (tmp_path / "ben" / "week1" / "02_baseline_gpt2.ipynb").write_text("{}")
     (tmp_path / "ben" / ".ipynb_checkpoints").mkdir()
     (tmp_path / "ben" / ".ipynb_checkpoints" / "x-checkpoint.ipynb").write_text("{}")
-    found = [(s, p.name) for s, p in classroom.find_submissions(tmp_path)]
+    found = [(s, p.name) for s, p in grader.find_submissions(tmp_path)]
     assert found == [("ann", "ann.ipynb"), ("ben", "02_baseline_gpt2.ipynb")]
 
 
 def test_verdicts_read_check_outputs_without_a_kernel():
-    nb = classroom.make_student(nbformat.read(FIXTURE, as_version=4), FIXTURE.stem)
-    exercises = classroom.find_exercises(nbformat.read(FIXTURE, as_version=4), FIXTURE.stem)
+    nb = notebooks.make_student(nbformat.read(FIXTURE, as_version=4), FIXTURE.stem)
+    exercises = notebooks.find_exercises(nbformat.read(FIXTURE, as_version=4), FIXTURE.stem)
     first, second = exercises
     nb.cells[first.check_cell].outputs = [nbformat.v4.new_output("stream", name="stdout", text="✓ fine\n")]
     nb.cells[second.check_cell].outputs = [nbformat.v4.new_output(
         "error", ename="CheckFailed", evalue="merge, case 'x': shape (2,), expected (3,)", traceback=[])]
-    rows = classroom.verdicts("s", "c", exercises, nb, "finished")
+    rows = grader.verdicts("s", "c", exercises, nb, "finished")
     assert [(r.exercise, r.passed, r.message) for r in rows] == [
         ("most_frequent_pair", True, "✓ fine"),
         ("merge", False, "CheckFailed: merge, case 'x': shape (2,), expected (3,)")]
     del nb.cells[second.check_cell]
-    assert "missing" in classroom.verdicts("s", "c", exercises, nb, "finished")[1].message
+    assert "missing" in grader.verdicts("s", "c", exercises, nb, "finished")[1].message
 
 
 # ---- the grader, with real kernels -------------------------------------------------------------
@@ -138,12 +138,12 @@ def test_verdicts_read_check_outputs_without_a_kernel():
 def _submission(kind: str, guard: dict[str, Path]):
     """The fixture chapter as a student would hand it in: correct, a stub, or misbehaving."""
     nb = nbformat.read(FIXTURE, as_version=4)
-    source = classroom.make_student(nb, FIXTURE.stem, keep_solutions=True)
+    source = notebooks.make_student(nb, FIXTURE.stem, keep_solutions=True)
     if kind == "stub":  # and a forged check cell, which the grader replaces by the chapter's
-        stub = classroom.make_student(nb, FIXTURE.stem)
-        stub.cells[classroom.find_exercises(nb, FIXTURE.stem)[1].check_cell].source = "print('✓ merge: all good')"
+        stub = notebooks.make_student(nb, FIXTURE.stem)
+        stub.cells[notebooks.find_exercises(nb, FIXTURE.stem)[1].check_cell].source = "print('✓ merge: all good')"
         return stub
-    merge = classroom.find_exercises(nb, FIXTURE.stem)[1].solution_cell
+    merge = notebooks.find_exercises(nb, FIXTURE.stem)[1].solution_cell
     if kind == "loop":  # the second exercise never returns
         source.cells.insert(merge, nbformat.v4.new_code_cell("while True:\n    pass"))
     if kind == "delete":  # tries to delete the grader's files by absolute path, and its own HOME
@@ -174,13 +174,13 @@ def test_grader_survives_loops_deletes_and_memory_hogs(tmp_path):
     canary.write_text("the grader's own file")
     guard = {"canary": canary, "submissions": subs, "chapters": chapters, "report": out}
     (subs / "dave").mkdir(parents=True)
-    iso = classroom.isolation()
+    iso = grader.isolation()
     # Without unshare the sandbox cannot stop deletes by absolute path: leave that submission out.
     kinds = [("alice", "correct"), ("bob", "stub"), ("dave", "delete"), ("erin", "memory")]
     for student, kind in kinds if iso["read_only_files"] else [k for k in kinds if k[1] != "delete"]:
         path = subs / student / FIXTURE.name if student == "dave" else subs / f"{student}.ipynb"
         nbformat.write(_submission(kind, guard), path)  # both layouts: NAME.ipynb and NAME/*.ipynb
-    rows = classroom.grade(subs, out, chapters, timeout=240, memory_gb=2.5, log=lambda *_: None)
+    rows = grader.grade(subs, out, chapters, timeout=240, memory_gb=2.5, log=lambda *_: None)
     assert len(rows) == (8 if iso["read_only_files"] else 6)
     got = _rows(out)
     for student in ("alice", "dave", "erin") if iso["read_only_files"] else ("alice", "erin"):
@@ -197,7 +197,11 @@ def test_grader_survives_loops_deletes_and_memory_hogs(tmp_path):
         assert canary.read_text() == "the grader's own file"
         assert (chapters / FIXTURE.name).exists() and (subs / "alice.ipynb").exists()
         deleter = nbformat.read(out / "executed" / "dave" / FIXTURE.name, as_version=4).cells[1]
-        assert "Read-only file system" in "".join(o.get("text", "") for o in deleter.outputs)
+        printed = "".join(o.get("text", "") for o in deleter.outputs)
+        # the grader's folders are hidden from the sandbox (see test_grader_attacks), the rest is read-only
+        for target in guard.values():
+            assert f"{target} [Errno 2] No such file or directory" in printed or (
+                f"{target} [Errno 30] Read-only file system" in printed), printed
     for name in ("results.csv", "report.md", "students/alice.md", "students/erin.md"):
         assert (out / name).exists(), name
     assert "| [bob](students/bob.md) | 0/2 |" in (out / "report.md").read_text()
@@ -211,7 +215,7 @@ def test_grader_stops_an_infinite_loop_and_keeps_the_checks_that_ran(tmp_path):
     chapters = tmp_path / "chapters"  # empty: the exercises are read from the cells' nbgrader metadata
     chapters.mkdir()
     t0 = time.monotonic()
-    rows = classroom.grade(subs, out, chapters, timeout=30, memory_gb=2.5, log=lambda *_: None)
+    rows = grader.grade(subs, out, chapters, timeout=30, memory_gb=2.5, log=lambda *_: None)
     assert time.monotonic() - t0 < 30 + 60  # the loop was killed at the limit (+ sandbox set-up)
     assert [(r.chapter, r.exercise) for r in rows] == [("classroom_chapter", "most_frequent_pair"),
                                                        ("classroom_chapter", "merge")]

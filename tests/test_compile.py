@@ -33,7 +33,7 @@ def test_compiled_model_matches_eager_loss_and_gradients():
 
 def test_compile_stage_switches_and_fused_adamw_matches_default():
     cfg = stage_config("compile", "toy")
-    assert cfg.train.compile and cfg.train.bf16 and cfg.model.attn_backend == "auto"
+    assert cfg.train.compile and cfg.train.bf16 == "auto" and cfg.model.attn_backend == "auto"
     assert cfg.model.window_pattern == "SSSL" and cfg.model.short_window == 0.5
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 8)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nanogpt_core.exercises import CheckFailed
-from nanogpt_core.exercises.architecture import check_rms_norm, check_rope, check_value_embedding_mix
+from nanogpt_core.classroom.checks import CheckFailed
+from nanogpt_core.classroom.checks.architecture import check_rms_norm, check_rope, check_value_embedding_mix
 
 
 def stub(*args):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from nanogpt_core.exercises import CheckFailed
-from nanogpt_core.exercises.attention import check_online_softmax, check_sliding_window_mask
+from nanogpt_core.classroom.checks import CheckFailed
+from nanogpt_core.classroom.checks.attention import check_online_softmax, check_sliding_window_mask
 
 
 def mask_solution(T, window):

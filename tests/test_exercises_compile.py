@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from nanogpt_core.exercises import CheckFailed
-from nanogpt_core.exercises.compile import check_clip_rows, clip_rows_with_graph_break, graph_breaks
+from nanogpt_core.classroom.checks import CheckFailed
+from nanogpt_core.classroom.checks.compile import check_clip_rows, clip_rows_with_graph_break, graph_breaks
 
 
 def solution(x, max_norm):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from nanogpt_core.exercises import CheckFailed
-from nanogpt_core.exercises.data import check_bestfit_row, check_packing_stats
+from nanogpt_core.classroom.checks import CheckFailed
+from nanogpt_core.classroom.checks.data import check_bestfit_row, check_packing_stats
 
 
 def bestfit_row(lengths, capacity):

@@ -10,9 +10,9 @@ import torch
 
 from nanogpt_core import bpe
 from nanogpt_core.attention import naive_attention
-from nanogpt_core.exercises import CheckFailed
-from nanogpt_core.exercises.baseline import check_causal_attention, check_count_params, gpt_param_count
-from nanogpt_core.exercises.tokens import check_bits_per_byte, check_merge, check_most_frequent_pair
+from nanogpt_core.classroom.checks import CheckFailed
+from nanogpt_core.classroom.checks.baseline import check_causal_attention, check_count_params, gpt_param_count
+from nanogpt_core.classroom.checks.tokens import check_bits_per_byte, check_merge, check_most_frequent_pair
 
 
 def stub(*args, **kwargs):

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from nanogpt_core.exercises import CheckFailed
-from nanogpt_core.exercises.full_run import check_annual_factor, check_optimizer_state, check_tokens_and_steps
+from nanogpt_core.classroom.checks import CheckFailed
+from nanogpt_core.classroom.checks.full_run import check_annual_factor, check_optimizer_state, check_tokens_and_steps
 
 
 def stub(*args):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from nanogpt_core.exercises import CheckFailed
-from nanogpt_core.exercises.muon import (
+from nanogpt_core.classroom.checks import CheckFailed
+from nanogpt_core.classroom.checks.muon import (
     check_cautious_weight_decay, check_muon_update, check_newton_schulz_step, muon_update_reference,
 )
 from nanogpt_core.muon import cautious_weight_decay, newton_schulz_step, orthogonalize

@@ -164,3 +164,22 @@ def test_two_process_run_resumes_with_each_process_state(tmp_path):
         from nanogpt_core.train import load_run_state
 
         load_run_state(tmp_path / "run.pt", rank=0, world_size=1)
+
+
+def test_a_speedrun_scale_run_refuses_sdpa_unless_told(capsys, monkeypatch):
+    """Without FlashAttention-3 (no Hopper GPU here) a speedrun-scale run does not start, and says why."""
+    import nanogpt_core.attention as attention
+    from nanogpt_core.__main__ import main
+
+    monkeypatch.setattr(attention, "_fa3", (None, "no CUDA GPU is visible"))
+    monkeypatch.setattr(attention, "_printed", set())
+    assert main(["train", "--scale", "speedrun", "--stage", "packing", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "FlashAttention-3 cannot run here (no CUDA GPU is visible)" in err and "--allow-sdpa" in err
+    assert "pip install -e '.[gpu]'" in err
+    assert attention.require_fa3("auto", "speedrun", allow_sdpa=True) == "sdpa"  # told: it runs on SDPA
+    assert attention.require_fa3("auto", "toy") == "sdpa"  # smaller scales fall back without asking
+    assert attention.require_fa3("naive", "speedrun") == "naive"  # the gpt2 stage's 2019 attention, on purpose
+    monkeypatch.setattr(attention, "_fa3", (object(), ""))  # a machine where FA3 loads
+    assert attention.require_fa3("auto", "speedrun") == "fa3"
+    assert "attention backend: fa3" in capsys.readouterr().out  # the run says which kernel it uses

@@ -12,13 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanogpt_core.loaders import (
-    POLICIES,
-    DocumentLoader,
-    compare_policies,
-    fineweb_like_lengths,
-    simulate_packing,
-)
+from nanogpt_core.lab.packing import compare_policies, fineweb_like_lengths
+from nanogpt_core.loaders import POLICIES, DocumentLoader, simulate_packing
 
 BOS, K = 0, 100_000
 FAST = settings(max_examples=25, deadline=None)

@@ -8,9 +8,9 @@ import torch
 from spawn import run_on_two_processes
 
 from nanogpt_core.muon import (
-    METHODS, Muon, MuonAdamW, build_muon_adamw, cautious_weight_decay, newton_schulz_step, orthogonalize,
-    route_parameters, singular_value_map,
+    METHODS, Muon, cautious_weight_decay, newton_schulz_step, orthogonalize, singular_value_map,
 )
+from nanogpt_core.optim import MuonAdamW, build_muon_adamw, route_parameters
 
 SHAPES = [(48, 48), (24, 72), (72, 24), (3, 20, 36)]  # square, wide, tall, a stack
 
@@ -166,7 +166,8 @@ def test_schedules_change_values_not_code():
 
 def test_routing_puts_every_parameter_in_exactly_one_group(tiny_cfg):
     from nanogpt_core.model import GPT
-    from nanogpt_core.optim import build_optimizer, set_lr
+    from nanogpt_core.optim import build_optimizer
+    from nanogpt_core.schedules import set_lr
 
     cfg = tiny_cfg.replace(optimizer="muon")
     model = GPT(cfg.model)
@@ -184,22 +185,18 @@ def test_routing_puts_every_parameter_in_exactly_one_group(tiny_cfg):
     assert all(g["lr"] == 0.5 * g["initial_lr"] for g in opt.param_groups)
 
 
-def test_routing_of_the_speedrun_parameters_and_unknown_ones():
-    class Fake(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte = torch.nn.Embedding(10, 8)
-            self.lm_head = torch.nn.Linear(8, 10, bias=False)
-            self.value_embeds = torch.nn.ModuleDict({"1": torch.nn.Embedding(10, 8)})
-            self.resid_lambdas = torch.nn.Parameter(torch.ones(2))
-            self.x0_lambdas = torch.nn.Parameter(torch.zeros(2))
-            self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8, bias=False)])
+def test_routing_of_the_speedrun_parameters_and_unknown_ones(tiny_cfg):
+    from nanogpt_core.model import GPT
 
-    roles = {r: [n for n, _ in ps] for r, ps in route_parameters(Fake()).items()}
-    assert roles == {"muon": ["blocks.0.weight"], "unembed": ["lm_head.weight"],
-                     "embed": ["wte.weight", "value_embeds.1.weight"], "x0_scalar": ["x0_lambdas"],
-                     "position": [], "resid_scalar": ["resid_lambdas"], "vector": []}
-    model = Fake()
+    cfg = tiny_cfg.replace(stage="value-embeddings", optimizer="muon", pos_emb="rope", norm="rmsnorm", bias=False,
+                           tie_embeddings=False, value_embeds=True, resid_scalars=True)
+    model = GPT(cfg.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    roles = {r: sorted(names[id(p)] for p in ps) for r, ps in route_parameters(model).items()}
+    assert roles["unembed"] == ["lm_head.weight"] and roles["position"] == [] and roles["vector"] == []
+    assert roles["embed"] == sorted(["wte.weight", *(f"value_embeds.{k}.weight" for k in model.value_embeds)])
+    assert roles["x0_scalar"] == ["x0_lambdas"] and roles["resid_scalar"] == ["resid_lambdas"]
+    assert roles["muon"] == sorted(n for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2)
     model.stray = torch.nn.Linear(8, 8)
     with pytest.raises(ValueError, match="stray.weight"):
         route_parameters(model)

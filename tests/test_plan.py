@@ -1,20 +1,14 @@
 """The dry-run planner against nanochat's published run-1 figures (speedrun-facts.md)."""
 
+import math
 import subprocess
 import sys
 
 import pytest
 
-from nanogpt_core.config import STAGE_SWITCHES, stage_config
+from nanogpt_core.config import stage_config
 from nanogpt_core.plan import make_plan, memory_per_gpu, meta_model
 
-needs_full_ladder = pytest.mark.skipif(
-    any(s not in STAGE_SWITCHES for s in ("modern-block", "value-embeddings", "bos-loader", "packing")),
-    reason="the speedrun stages are not built yet",
-)
-
-
-@needs_full_ladder
 def test_parameter_counts_match_nanochat_run1():
     plan = make_plan("speedrun", "packing", gpus=8)
     assert plan.params["total"] == pytest.approx(1.384e9, rel=0.01)
@@ -22,14 +16,12 @@ def test_parameter_counts_match_nanochat_run1():
     assert plan.params["value_embeddings"] == pytest.approx(604e6, rel=0.01)
 
 
-@needs_full_ladder
 def test_flops_per_token_match_nanochat_run1_with_half_seq_windows():
     plan = make_plan("speedrun", "packing", gpus=8)
     assert stage_config("packing", "speedrun").model.short_window == 0.5  # run 1: short window = seq/2
     assert plan.flops_per_token == pytest.approx(4.945e9, rel=0.02)
 
 
-@needs_full_ladder
 def test_steps_time_and_cost_reproduce_run1():
     plan = make_plan("speedrun", "packing", gpus=8, gpu="h100", mfu=0.5, price=3.0)
     assert plan.steps == 16_704 and plan.grad_accum == 2 and plan.total_batch == 524_288
@@ -83,3 +75,73 @@ def test_cli_prints_the_plan(tmp_path):
     for text in ("parameters", "FLOPs per token", "steps", "memory per GPU", "time", "cost", "2 node(s) x 2 A100"):
         assert text in out.stdout
     assert (tmp_path / "p.json").exists()
+
+
+def test_run1_data_needs_370_shards_with_run1s_val_shard():
+    """runs/speedrun.sh at nanochat 348fbb3: ~35% of document tokens cropped by BestFit-Crop, so it
+    downloads 370 shards (`-n 370`) and validates on the last one."""
+    plan = make_plan("speedrun", "packing", gpus=8, gpu="h100")
+    assert plan.crop_fraction == 0.35 and "speedrun.sh" in plan.crop_source
+    assert plan.doc_tokens == pytest.approx(plan.tokens / 0.65, abs=1)
+    assert plan.train_shards == 259  # 8.76e9 / 0.65 tokens x 4.8 chars / 250M chars per shard
+    assert plan.shards == 370 and plan.val_shard == "shard_00369.parquet" and plan.disk_gb == pytest.approx(37)
+    report = plan.report()
+    for text in ("370 shards (~37 GB)", "download --shards 370", "shard_00369.parquet", "discards ~35%",
+                 "predicted at an assumed 50% MFU", "training steps only", "--batch-size 16 --grad-accum 2 --steps 16704"):
+        assert text in report, text
+
+
+def test_data_needs_follow_the_loader_and_the_scale():
+    stream = make_plan("speedrun", "value-embeddings", gpus=8)  # run 1's model on the plain stream: no cropping
+    assert stream.crop_fraction == 0 and stream.train_shards == 169  # 8.76e9 x 4.8 / 250M: ~170 shards of text
+    assert stream.shards == 370  # at speedrun scale: at least run 1's, so the val shard is run 1's
+    gpu = make_plan("gpu", "packing", gpus=1)
+    assert gpu.shards == math.ceil(gpu.train_shards * 1.1) + 1 < 100
+    assert gpu.val_shard == f"shard_{gpu.shards - 1:05d}.parquet"
+
+
+def test_speedrun_schedule_is_run1s():
+    t = stage_config("packing", "speedrun").train
+    assert (t.schedule, t.warmdown_frac, t.warmup_steps, t.final_lr_frac, t.grad_clip) == ("warmdown", 0.5, 0, 0.0, 0.0)
+    assert stage_config("packing", "toy").train.warmdown_frac == 0.4  # the toy chapters' schedule is unchanged
+
+
+def test_the_micro_batch_is_halved_until_it_fits_the_card():
+    big = make_plan("speedrun", "packing", gpus=8, gpu="h100")
+    assert big.micro_batch == 16 and big.micro_batch_note == ""
+    small = make_plan("speedrun", "packing", gpus=8, gpu="rtx4090")
+    assert small.micro_batch < 16 and small.memory_gb["total"] + 4 <= 24
+    assert small.micro_batch * small.grad_accum == 16 * 2 and "do not fit 24 GB" in small.micro_batch_note
+    assert make_plan("speedrun", "packing", gpus=8, gpu="rtx4090", micro_batch=16).micro_batch == 16  # given: kept
+
+
+def test_one_gpu_and_two_node_commands():
+    one = make_plan("gpu", "packing", gpus=1, gpu="h100")
+    assert one.train_flags().startswith("python -m nanogpt_core train --stage packing --scale gpu")
+    assert f"--grad-accum {one.grad_accum} --steps {one.steps}" in one.train_flags()
+    two = make_plan("speedrun", "packing", gpus=8, nodes=2)
+    assert two.grad_accum == 1 and two.world_size == 16
+    flags = two.train_flags()
+    for text in ("--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d", "--rdzv_endpoint=$HEAD_NODE_ADDR:29500",
+                 "--grad-accum 1"):
+        assert text in flags
+
+
+def test_download_help_and_chapters_agree_with_the_plan():
+    import json
+    from pathlib import Path
+
+    plan = make_plan("speedrun", "packing", gpus=8)
+    assert (plan.shards, plan.val_shard) == (370, "shard_00369.parquet")
+    out = subprocess.run([sys.executable, "-m", "nanogpt_core", "download", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    help_text = " ".join(out.stdout.split())
+    assert "downloaded 370" in help_text and "shard_00369" in help_text and "used 240" not in help_text
+    chapters = Path(__file__).resolve().parents[1] / "chapters"
+
+    def text(name):
+        return " ".join("".join(c["source"]) for c in json.loads((chapters / name).read_text())["cells"])
+
+    nine, one = text("09_the_full_run.ipynb"), text("01_tokens_and_bits.ipynb")
+    assert f"download --shards {plan.shards}" in nine and "--shards 240" not in nine and "shard_00369" in nine
+    assert "370" in one and "shard_00369" in one and "about 170 for the" not in one

@@ -2,7 +2,7 @@
 
 import pytest
 
-from nanogpt_core.scoreboard import built_stages, crossing, format_table, plot, run_scoreboard, scoreboard
+from nanogpt_core.lab.scoreboard import crossing, format_table, plot, run_scoreboard, scoreboard
 
 
 def run(stage, curve, compile_seconds=0.0):
@@ -31,10 +31,6 @@ def test_speedup_is_baseline_time_over_time_to_target_with_compile_included():
     text = format_table(rows, 2.0)
     assert "compile" in text and "6.67" in text and "-" in text.splitlines()[-1]
     plot([base, fast, never], rows)
-
-
-def test_built_stages_start_with_the_baseline():
-    assert built_stages()[0] == "gpt2"
 
 
 def test_tiny_real_scoreboard(small_data):

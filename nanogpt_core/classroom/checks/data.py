@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from ..loaders import Doc, DocBuffer, fill_row, simulate_packing
+from ...loaders import Doc, DocBuffer, fill_row, simulate_packing
 from . import Case, check_function
 
 

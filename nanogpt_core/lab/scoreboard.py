@@ -18,21 +18,11 @@ reaches the target in its budget has no speedup (None).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 from pathlib import Path
 
-from .config import STAGE_SWITCHES, STAGES, stage_config
-
-
-def built_stages() -> list[str]:
-    """The ladder's stages whose technique exists (in STAGE_SWITCHES), in order, stopping at the first gap."""
-    stages = []
-    for name in STAGES:
-        if name not in STAGE_SWITCHES:
-            break
-        stages.append(name)
-    return stages
+from ..config import STAGES, stage_config
+from .results import save_result
 
 
 def crossing(val: list[dict], target: float, key: str) -> float | None:
@@ -48,7 +38,7 @@ def crossing(val: list[dict], target: float, key: str) -> float | None:
 
 def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_steps: int = 4, **overrides) -> dict:
     """Train ``stage`` for about ``seconds`` of training time; returns its RunResult as a dict."""
-    from .train import train
+    from ..train import train
 
     probe = stage_config(stage, scale, **{**overrides, "steps": calibration_steps, "eval_every": 0,
                                           "eval_tokens": min(4096, overrides.get("eval_tokens", 4096))})
@@ -121,8 +111,8 @@ def plot(runs: list[dict], rows: list[dict], path: str | Path | None = None):
 
 def run_scoreboard(scale: str = "toy", seconds: float = 300.0, stages: list[str] | None = None, data=None,
                    **overrides) -> dict:
-    """Run the ladder (every built stage, or ``stages``; the first is the baseline) and score it."""
-    stages = stages or built_stages()
+    """Run the ladder (every stage, or ``stages``; gpt2 first, as the baseline) and score it."""
+    stages = stages or list(STAGES)
     if stages[0] != "gpt2":
         stages = ["gpt2", *[s for s in stages if s != "gpt2"]]
     runs = []
@@ -133,28 +123,24 @@ def run_scoreboard(scale: str = "toy", seconds: float = 300.0, stages: list[str]
     return dict(
         protocol="equal training wall-time budget per stage; speedup = baseline time / time to the baseline's "
                  "final val bpb (compile included, evaluation excluded)",
-        scale=scale, seconds_per_stage=seconds, hardware=runs[0]["hardware"], torch_version=runs[0]["torch_version"],
-        date=datetime.date.today().isoformat(), target_bpb=runs[0]["final_val_bpb"], rows=rows, runs=runs,
+        scale=scale, seconds_per_stage=seconds, hardware=runs[0]["hardware"], target_bpb=runs[0]["final_val_bpb"], rows=rows, runs=runs,
     )
 
 
 def main_cli(args: argparse.Namespace) -> int:
     board = run_scoreboard(args.scale, args.seconds, args.stages)
     print(format_table(board["rows"], board["target_bpb"]))
-    print(f"hardware: {board['hardware']}; {board['seconds_per_stage']:g} s per stage; {board['date']}")
+    print(f"hardware: {board['hardware']}; {board['seconds_per_stage']:g} s per stage")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(board, indent=1))
+    board = save_result(board, out.with_suffix(".json"), f"python -m nanogpt_core speedrun --scale {args.scale} --seconds {args.seconds:g}")
     plot(board["runs"], board["rows"], out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
 
 
-COMMITTED = Path(__file__).resolve().parents[1] / "book" / "results" / "speedrun_scoreboard.json"
-
-
-def show_committed(path: str | Path = COMMITTED) -> dict:
-    """Print and plot the committed toy-scale scoreboard, with where and how it was measured."""
+def show_committed(path: str | Path) -> dict:
+    """Print and plot a saved scoreboard (e.g. the book's ``book/results/speedrun_scoreboard.json``)
+    with where and how it was measured."""
     board = json.loads(Path(path).read_text())
     print(f"measured by `python -m nanogpt_core speedrun --scale {board['scale']} --seconds {board['seconds_per_stage']:g}` "
           f"on {board['hardware']}, {board['date']}, torch {board['torch_version']}")

@@ -12,23 +12,22 @@ frequencies theta_i = base^(-2i/D). The truncated version keeps the fastest D/4 
 and sets the slowest D/4 to zero, so half the channels carry no position at all (they
 become position-free "semantic" channels).
 
-    python -m nanogpt_core.ablations_negative --steps 60 --seeds 0 1 --out book/results/negative_ablations.json
+    python -m nanogpt_core.lab.ablations_negative --steps 60 --seeds 0 1 --out book/results/negative_ablations.json
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
-from pathlib import Path
+import sys
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig, stage_config
-from .model import GPT, rotary_tables
+from ..config import ModelConfig, stage_config
+from ..model import GPT, rotary_tables
+from .results import save_result
 
 
 def swiglu_hidden(n_embd: int) -> int:
@@ -87,7 +86,7 @@ VARIANTS: dict[str, type[GPT]] = {"relu2 (the recipe)": GPT, "swiglu, equal FLOP
 def run_negative_ablations(steps: int = 60, seeds=(0,), stage: str = "value-embeddings", data=None,
                            variants: dict[str, type[GPT]] | None = None, **overrides) -> dict:
     """Train every variant on ``stage`` (eager fp32, no compile: the comparison is per step) for each seed."""
-    from .train import train
+    from ..train import train
 
     variants = variants or VARIANTS
     runs = {}
@@ -105,9 +104,7 @@ def run_negative_ablations(steps: int = 60, seeds=(0,), stage: str = "value-embe
                           scaling_params=rs[0]["params"]["scaling"], flops_per_token=rs[0]["flops_per_token"])
                for name, rs in runs.items()}
     first = next(iter(runs.values()))[0]
-    return dict(stage=stage, steps=steps, seeds=list(seeds), hardware=first["hardware"],
-                date=datetime.date.today().isoformat(), torch_version=str(torch.__version__),
-                summary=summary, runs=runs)
+    return dict(stage=stage, steps=steps, hardware=first["hardware"], summary=summary, runs=runs)
 
 
 def main(argv=None) -> None:
@@ -121,9 +118,7 @@ def main(argv=None) -> None:
     for name, s in result["summary"].items():
         print(f"{name:<22} val bpb {s['mean_bpb']:.4f} (spread {s['spread']:.4f}) "
               f"scaling params {s['scaling_params']:,} FLOPs/token {s['flops_per_token']:,}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
+    save_result(result, args.out, "python -m nanogpt_core.lab.ablations_negative " + " ".join(argv or sys.argv[1:]), args.seeds)
 
 
 if __name__ == "__main__":

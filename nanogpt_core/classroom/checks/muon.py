@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from ..muon import cautious_weight_decay, newton_schulz_step, orthogonalize
+from ...muon import cautious_weight_decay, newton_schulz_step, orthogonalize
 from . import Case, check_function
 
 

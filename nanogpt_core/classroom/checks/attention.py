@@ -15,7 +15,7 @@ import random
 
 import torch
 
-from ..attention import sliding_window_mask
+from ...attention import sliding_window_mask
 from . import Case, CheckFailed, check_function
 
 

@@ -1,6 +1,6 @@
 """The toy-scale Muon benchmark behind chapter 05: `muon` vs the stage before it, plus a small LR sweep.
 
-    python -m nanogpt_core.muon_sweep --steps 200 --json book/results/muon_toy.json
+    python -m nanogpt_core.lab.muon_sweep --steps 200 --json book/results/muon_toy.json
 
 Every run uses the same data, seed, model and step count; only the optimizer (and its
 schedule) differ. The baseline's AdamW rate and Muon's matrix rate are each swept over a few
@@ -11,11 +11,11 @@ multiples, so the comparison is not won by tuning one side only. Both sides run 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 from pathlib import Path
 
-from .config import STAGES, stage_config
+from ..config import STAGES, stage_config
+from .results import save_result
 
 
 def previous_stage(stage: str = "muon") -> str:
@@ -29,7 +29,7 @@ def steps_to_reach(val: list[dict], target_bpb: float) -> int | None:
 
 
 def run(stage: str, steps: int, eval_every: int, eval_tokens: int, progress: bool = False, **overrides) -> dict:
-    from .train import train
+    from ..train import train
 
     cfg = stage_config(stage, "toy", steps=steps, eval_every=eval_every, eval_tokens=eval_tokens, compile=False,
                        **overrides)
@@ -54,15 +54,14 @@ def sweep(steps: int = 200, eval_every: int = 20, eval_tokens: int = 16_384,
     default_muon = next(r for r in runs if r["stage"] == "muon" and r["overrides"]["matrix_lr"] == 0.02)
     reached = steps_to_reach(default_muon["val"], best_prev["final_val_bpb"])
     return dict(
-        command=f"python -m nanogpt_core.muon_sweep --steps {steps} --eval-every {eval_every} --eval-tokens {eval_tokens}",
-        date=datetime.date.today().isoformat(), hardware=runs[0]["hardware"], torch_version=runs[0]["torch_version"],
-        steps=steps, previous_stage=prev, runs=runs, best_previous_final_bpb=best_prev["final_val_bpb"],
+        command=f"python -m nanogpt_core.lab.muon_sweep --steps {steps} --eval-every {eval_every} --eval-tokens {eval_tokens}",
+        hardware=runs[0]["hardware"], steps=steps, previous_stage=prev, runs=runs, best_previous_final_bpb=best_prev["final_val_bpb"],
         muon_steps_to_reach_it=reached, muon_step_fraction=None if reached is None else reached / steps,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanogpt_core.muon_sweep", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m nanogpt_core.lab.muon_sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=20)
@@ -73,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = sweep(args.steps, args.eval_every, args.eval_tokens, tuple(args.adamw_lrs), tuple(args.matrix_lrs),
                    progress=True, json_path=args.json)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    result = save_result(result, args.json, result["command"])
     for r in result["runs"]:
         print(f"{r['stage']:>8} {r['overrides']}: final val {r['final_val_bpb']:.4f} bpb, {r['wall_seconds']:.0f} s")
     print(f"muon reached {result['best_previous_final_bpb']:.4f} bpb at step {result['muon_steps_to_reach_it']} "

@@ -18,7 +18,7 @@ import random
 
 import torch
 
-from ..model import apply_rotary, mix_value_embedding, rms_norm, rotary_tables
+from ...model import apply_rotary, mix_value_embedding, rms_norm, rotary_tables
 from . import Case, check_function
 
 

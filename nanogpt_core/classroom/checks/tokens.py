@@ -11,8 +11,8 @@ import random
 
 import torch
 
-from .. import bpe
-from ..evaluate import bits_per_byte
+from ... import bpe
+from ...evaluate import bits_per_byte
 from . import Case, CheckFailed, check_function
 
 

@@ -11,20 +11,19 @@ and its spread. Two comparisons per variant, both against the same baseline:
 
 Command line (writes JSON with the hardware and date):
 
-    python -m nanogpt_core.ablation --steps 60 --seeds 0 1 --out book/results/ablation_architecture.json
+    python -m nanogpt_core.lab.ablation --steps 60 --seeds 0 1 --out book/results/ablation_architecture.json
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 from pathlib import Path
 
-import torch
 
-from .config import stage_config
+from ..config import stage_config
+from .results import save_result
 
 # Each variant: the switches it turns on, on top of the baseline (the stage before `modern-block`).
 MODERN_BLOCK = dict(
@@ -48,25 +47,12 @@ ARCHITECTURE_VARIANTS: dict[str, dict] = {  # the two stages first: a partial ru
 }
 
 
-def baseline_stage() -> tuple[str, str]:
-    """The stage the architecture changes are measured against: `muon` once it is built.
-
-    Returns (stage, note). Before `muon` exists, the newest built stage below it is used and
-    the note says so.
-    """
-    for stage in ("muon", "compile", "flash-attention", "gpt2"):
-        try:
-            stage_config(stage, "toy")
-        except NotImplementedError:
-            continue
-        note = "" if stage == "muon" else f"stage 'muon' is not built yet; the baseline is stage '{stage}'"
-        return stage, note
-    raise RuntimeError("no stage is built")
+BASELINE_STAGE = "muon"  # the architecture switches are measured on top of the muon stage
 
 
 def run_variant(name: str, seed: int, base: str, data=None, **overrides) -> dict:
     """Train one variant with one seed; return its val curve and timings (no model)."""
-    from .train import train
+    from ..train import train
 
     cfg = stage_config(base, "toy", **{**ARCHITECTURE_VARIANTS[name], **overrides, "seed": seed})
     _, r = train(cfg, data, progress=False)
@@ -129,21 +115,18 @@ def run_ablation(
     With ``out`` the file is rewritten after every run, so an interrupted ablation keeps its runs;
     a later call with the same settings resumes it and skips the (variant, seed) runs it has.
     """
-    from .data import toy_data
-    from .train import describe_hardware, pick_device
+    from ..data import toy_data
 
     unknown = set(variants) - set(ARCHITECTURE_VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; choose from {list(ARCHITECTURE_VARIANTS)}")
-    base, note = baseline_stage()
+    base = BASELINE_STAGE
     # compile off: it does not change the math, and compiling each run costs more than a toy run
     overrides = {"steps": steps, "eval_every": max(1, steps // 6), "compile": False, **overrides}
     cfg = stage_config(base, "toy", **overrides)
     data = toy_data(cfg.model.vocab_size)
     result = {
-        "command": "python -m nanogpt_core.ablation", "baseline_stage": base, "note": note,
-        "date": datetime.date.today().isoformat(), "hardware": describe_hardware(pick_device(cfg.train.device)),
-        "torch_version": torch.__version__, "overrides": overrides, "variants": {v: ARCHITECTURE_VARIANTS[v] for v in variants},
+        "baseline_stage": base, "overrides": overrides, "variants": {v: ARCHITECTURE_VARIANTS[v] for v in variants},
         "runs": [],
     }
     if out and Path(out).exists():  # resume: keep the runs of an earlier call with the same settings
@@ -159,8 +142,7 @@ def run_ablation(
             result["runs"].append(run_variant(name, seed, base, data, **overrides))
             result["summary"] = summarize(result["runs"])
             print(f"{name} seed {seed}: val bpb {result['runs'][-1]['final_val_bpb']:.4f}", flush=True)
-            if out:
-                Path(out).write_text(json.dumps(result, indent=1))
+            result = save_result(result, out, "python -m nanogpt_core.lab.ablation", seeds, cfg.train.device)
     return result
 
 

@@ -10,9 +10,9 @@ import random
 
 import torch
 
-from ..attention import naive_attention
-from ..config import ModelConfig
-from ..model import GPT
+from ...attention import naive_attention
+from ...config import ModelConfig
+from ...model import GPT
 from . import Case, CheckFailed, check_function
 
 

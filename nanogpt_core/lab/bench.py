@@ -19,23 +19,22 @@ Speed claims belong here, not in tests: the numbers depend on the machine and it
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
+import torch.utils.benchmark as benchmark
 
-from .attention import fa3_attention, load_fa3, naive_attention, sdpa_attention
-from .config import stage_config
+from ..attention import fa3_attention, load_fa3, naive_attention, sdpa_attention
+from ..config import stage_config
+from .results import save_result
 
 # name -> (stage, overrides). The middle four separate what compile and bf16 each give.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "gpt2": ("gpt2", {}),
     "flash-attention": ("flash-attention", {}),
-    "flash-attention + bf16": ("flash-attention", {"bf16": True}),
+    "flash-attention + bf16": ("flash-attention", {"bf16": "on"}),
     "flash-attention + compile": ("flash-attention", {"compile": True}),
     # compile + bf16 with PyTorch's fused kernel forced inside the graph, to show what the
     # stage's "auto" choice on a CPU (the formula, compiled: attention.formula_compiles_faster) buys
@@ -56,8 +55,8 @@ def stage_speeds(
     The rounds interleave the variants (A B C, A B C, ...) and each variant reports its median
     round, so a slow minute on a shared machine lands on every variant instead of on one ratio.
     """
-    from .data import toy_data
-    from .train import train
+    from ..data import toy_data
+    from ..train import train
 
     variants = variants or VARIANTS
     rows = {}
@@ -82,23 +81,17 @@ def stage_speeds(
     return list(rows.values())
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1, device: torch.device | None = None) -> float:
-    """Median wall time of ``repeats`` calls of ``fn()``, after ``warmup`` untimed calls.
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of one call of ``fn()`` over ``repeats`` timed calls, after ``warmup`` untimed ones.
 
-    On a CUDA ``device`` each call is timed up to ``torch.cuda.synchronize``: kernels run
-    asynchronously, and the clock would otherwise stop when they are queued, not done.
+    ``torch.utils.benchmark.Timer`` does the timing: it keeps torch's thread count, and where a
+    CUDA GPU is present it synchronizes around each call (kernels run asynchronously, and the
+    clock would otherwise stop when they are queued, not done).
     """
-    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return statistics.median(timer.timeit(1).median for _ in range(repeats))
 
 
 def _saved_bytes(fn, *args) -> tuple[torch.Tensor, int]:
@@ -206,7 +199,7 @@ def attention_backends(
             y = forward_backward()
             row[f"{name}_output_error"] = (y.float() - y_ref).abs().max().item()
             row[f"{name}_grad_error"] = max((t.grad.float() - r.grad).abs().max().item() for t, r in zip(inputs, ref))
-            row[f"{name}_ms"] = 1e3 * median_seconds(forward_backward, repeats, device=device)
+            row[f"{name}_ms"] = 1e3 * median_seconds(forward_backward, repeats)
         rows.append(row)
     return rows
 
@@ -234,17 +227,17 @@ def step_profile(stage: str, steps: int = 3, warmup: int = 3, scale: str = "toy"
     """
     from torch.profiler import ProfilerActivity, profile
 
-    from .compile import compile_model
-    from .model import GPT
-    from .optim import build_optimizer
-    from .train import autocast_for
+    from ..compile import compile_model
+    from ..model import GPT
+    from ..optim import build_optimizer
+    from ..hardware import autocast_for, use_bf16
 
     cfg = stage_config(stage, scale, **overrides)
     torch.manual_seed(0)
     model = GPT(cfg.model)
     optimizer = build_optimizer(model, cfg.train)
     fwd = compile_model(model) if cfg.train.compile else model
-    autocast = autocast_for(torch.device("cpu"), cfg.train.bf16)
+    autocast = autocast_for(torch.device("cpu"), use_bf16(cfg.train.bf16, torch.device("cpu")))
     shape = (cfg.train.batch_size, cfg.model.seq_len)
     x, y = (torch.randint(0, cfg.model.vocab_size, shape, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
 
@@ -282,7 +275,6 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 
 def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, rounds: int = 3) -> dict:
     """The whole benchmark: stage speeds, ratios, attention scaling; printed, and saved if asked."""
-    from .train import describe_hardware, pick_device
 
     load_before = os.getloadavg()[0]  # other processes on the machine slow every figure down
     print(f"# stage speeds at toy scale ({warmup} warm-up steps excluded, then {steps} timed steps; "
@@ -321,23 +313,18 @@ def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, ro
         print(f"{name:<28} " + "  ".join(f"{k} {v:.0f}" for k, v in p["ms_per_step"].items())
               + f"   wall {p['wall_ms_per_step']:.0f}")
     result = {
-        "command": "python -m nanogpt_core bench" + (f" --json {json_path}" if json_path else ""),
-        "hardware": describe_hardware(pick_device("auto")),
-        "torch_version": str(torch.__version__),
-        "date": datetime.date.today().isoformat(),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-min load, start and end
         "cpu_count": os.cpu_count(),
         "runs": runs, "ratios": ratios, "attention": attn, "attention_compiled_bf16": crossover,
         "step_profiles": profiles, "matmul_gflops": peak,
     }
-    return _saved(result, json_path)
+    return _saved(result, json_path, "python -m nanogpt_core bench" + (f" --json {json_path}" if json_path else ""))
 
 
-def _saved(result: dict, json_path: str | None) -> dict:
-    """``result``, written to ``json_path`` as JSON first when a path is given."""
+def _saved(result: dict, json_path: str | None, command: str) -> dict:
+    """``result`` with its provenance, written to ``json_path`` as JSON when a path is given."""
+    result = save_result(result, json_path, command)
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=1))
         print(f"saved to {json_path}")
     return result
 
@@ -348,7 +335,6 @@ def run_gpu_bench(steps: int = 100, warmup: int = 5, json_path: str | None = Non
     The stages train on the toy corpus (Shakespeare) with a 32,768-token BPE, so the check needs
     no download; the figures are tokens/s and the losses at equal steps, not a FineWeb result.
     """
-    from .train import describe_hardware
 
     if not torch.cuda.is_available():
         raise NotImplementedError(
@@ -381,9 +367,9 @@ def run_gpu_bench(steps: int = 100, warmup: int = 5, json_path: str | None = Non
     for k, v in ratios.items():
         print(f"{k:<34} {v:6.2f}x")
     result = {
-        "command": f"python -m nanogpt_core bench --scale gpu --steps {steps}" + (f" --json {json_path}" if json_path else ""),
-        "hardware": describe_hardware(device), "gpu": hardware, "date": datetime.date.today().isoformat(),
+        "gpu": hardware,
         "data": "toy corpus (Shakespeare), BPE with the gpu scale's 32,768-token vocabulary",
         "runs": runs, "ratios": ratios, "final_loss": final_loss, "attention_backends": attn,
     }
-    return _saved(result, json_path)
+    return _saved(result, json_path, f"python -m nanogpt_core bench --scale gpu --steps {steps}"
+                  + (f" --json {json_path}" if json_path else ""))

@@ -1,0 +1,16 @@
+"""The lab: experiments that measure the speedrun and produce the book's figures.
+
+Each module trains or times the core's code and writes its result through
+``results.save_result`` (hardware, torch version, date, command, seeds) to ``book/results/``:
+
+    bench               tokens/s of the speed stages, attention backends, a step profile
+    scoreboard          every ladder stage at an equal wall-time budget against the gpt2 baseline
+    ablation            the architecture switches of chapter 06, alone and together
+    ablations_negative  what the speedrun tried and dropped (chapter 10)
+    muon_sweep          Muon against AdamW over learning rates (chapter 05)
+    packing             how each loader policy fills rows, and loader throughput (chapters 07-08)
+    precision           native bf16 or not: matmul rates and stage step times (chapter 04)
+    contention          a training step on a quiet CPU and on one shared with a CPU-bound process
+
+The core never imports the lab.
+"""

@@ -1,0 +1,127 @@
+"""Dishonest submissions against the grader: patching a check, shadowing it, reading the solutions.
+
+The instructor's chapter here is the fixture chapter with the import of ``check_merge`` moved to
+an earlier cell (as chapter 04 has it), so a student cell can both patch the module and shadow
+the name in the notebook. Every attack makes its own kernel print a ✓ for a wrong ``merge``; the
+grader must still fail it, because it runs each check again outside the notebook. The read
+attack needs the sandbox's private mount namespace (``unshare``); without it that test skips.
+"""
+
+import csv
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from nanogpt_core.classroom import grader, notebooks
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "classroom_chapter.ipynb"
+IMPORT = "from nanogpt_core.classroom.checks.tokens import check_merge"
+FAKE = "print('✓ merge: all 7 cases match the reference') or True"
+WRONG_MERGE = "def merge(ids, pair, new_id):\n    return list(ids)  # wrong: merges nothing\n"
+
+
+def instructor_chapter(folder: Path) -> Path:
+    nb = nbformat.read(FIXTURE, as_version=4)
+    merge_check = notebooks.find_exercises(nb, FIXTURE.stem)[1].check_cell
+    nb.cells[merge_check].source = nb.cells[merge_check].source.replace(IMPORT, "").strip()
+    nb.cells[1].source = IMPORT + "\n" + nb.cells[1].source
+    folder.mkdir()
+    nbformat.write(nb, folder / FIXTURE.name)
+    return folder / FIXTURE.name
+
+
+def submission(chapter: Path, early_cell: str | None = None, merge: str | None = None):
+    nb = notebooks.make_student(nbformat.read(chapter, as_version=4), FIXTURE.stem, keep_solutions=True)
+    exercises = notebooks.find_exercises(nbformat.read(chapter, as_version=4), FIXTURE.stem)
+    if merge is not None:
+        nb.cells[exercises[1].solution_cell].source = merge
+    if early_cell is not None:
+        nb.cells.insert(2, nbformat.v4.new_code_cell(early_cell))  # after the imports, before both exercises
+    return nb
+
+
+def rows(report: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    with open(report / "results.csv") as f:
+        return {(r["student"], r["exercise"]): (r["passed"], r["message"]) for r in csv.DictReader(f)}
+
+
+def outputs(report: Path, student: str) -> str:
+    nb = nbformat.read(report / "executed" / student / f"{student}.ipynb", as_version=4)
+    return "\n".join(o.get("text", "") + o.get("evalue", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []))
+
+
+@pytest.mark.timeout(600)
+def test_patching_or_shadowing_a_check_does_not_pass_a_wrong_answer(tmp_path):
+    chapter = instructor_chapter(tmp_path / "chapters")
+    subs, out = tmp_path / "submissions", tmp_path / "report"
+    subs.mkdir()
+    attacks = {
+        # rewrites the check function itself: every name bound to it now runs the fake
+        "patcher": ("import nanogpt_core.classroom.checks.tokens as t\n"
+                    f"t.check_merge.__code__ = (lambda student: {FAKE}).__code__", WRONG_MERGE),
+        "shadower": (f"def check_merge(fn):\n    return {FAKE}", WRONG_MERGE),
+        # the patch inside the answer's own cell, and inside its function: refused by name
+        "insider": (None, "import nanogpt_core.classroom.checks.tokens as t\n"
+                          f"t.check_merge = lambda fn: {FAKE}\n\n" + WRONG_MERGE),
+        "honest": (None, None),
+    }
+    for student, (early, merge) in attacks.items():
+        nbformat.write(submission(chapter, early, merge), subs / f"{student}.ipynb")
+    grader.grade(subs, out, chapter.parent, timeout=240, memory_gb=2.5, log=lambda *_: None)
+    got = rows(out)
+    for student in ("patcher", "shadower"):
+        assert "✓ merge: all 7 cases" in outputs(out, student)  # the attack fooled its own kernel...
+        passed, message = got[(student, "merge")]
+        assert passed == "False" and message.startswith("CheckFailed: merge, case"), message  # ...not the grader
+        assert "run again outside the notebook" in message
+        assert got[(student, "most_frequent_pair")][0] == "True"  # the honest answer next to it still passes
+    passed, message = got[("insider", "merge")]
+    assert passed == "False" and ("refers to the grader's checks" in message or "CheckFailed" in message), message
+    assert got[("honest", "merge")][0] == "True" and got[("honest", "most_frequent_pair")][0] == "True"
+
+
+def test_answer_source_keeps_definitions_only():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import math\nEPS = 1e-6\nprint('side effect')\nopen('x', 'w')\n"
+        "def merge(ids, pair, new_id):\n    return ids\n\nmerge([], (1, 2), 3)")])
+    ex = notebooks.Exercise("c", "merge", 0, 1, "tokens.check_merge", "", 0)
+    source, why = grader.answer_source(nb, ex, notebooks._check_functions())
+    assert source == "import math\n\nEPS = 1e-06\n\ndef merge(ids, pair, new_id):\n    return ids", why
+    nb.cells[0].source = "def merge(ids, pair, new_id):\n    from nanogpt_core.classroom import checks\n    return ids"
+    assert grader.answer_source(nb, ex, notebooks._check_functions()) == (
+        None, "the answer refers to the grader's checks (classroom); an answer may not")
+    nb.cells[0].source = "def merged(ids):\n    return ids"
+    assert grader.answer_source(nb, ex, notebooks._check_functions())[1] == "no cell of the submission defines merge"
+
+
+@pytest.mark.timeout(600)
+def test_a_submission_cannot_read_the_solutions(tmp_path):
+    if not grader.isolation()["read_only_files"]:
+        pytest.skip("no unshare here: the sandbox has no private mount namespace to hide the instructor's files in")
+    chapter = instructor_chapter(tmp_path / "chapters")
+    subs, out = tmp_path / "submissions", tmp_path / "report"
+    subs.mkdir()
+    (subs / "peer.ipynb").write_text(nbformat.writes(submission(chapter)))  # another student's work
+    targets = [chapter, subs / "peer.ipynb", FIXTURE, ROOT / "chapters"]
+    targets += [ROOT / ".git" / "HEAD"] if (ROOT / ".git" / "HEAD").exists() else []  # the history holds them too
+    reader = (  # prints the first solution line of every file it can open
+        "import pathlib\n"
+        f"for target in {[str(t) for t in targets]!r}:\n"
+        "    path = pathlib.Path(target)\n"
+        "    try:\n"
+        "        files = sorted(path.rglob('*.ipynb')) if path.is_dir() else [path]\n"
+        "        text = ''.join(f.read_text() for f in files)\n"
+        "        if not files or not text:\n"
+        "            raise FileNotFoundError('nothing there')\n"
+        "        print('READ', target, text.split('### BEGIN SOLUTION')[1][:80] if '### BEGIN' in text else len(text))\n"
+        "    except (OSError, IndexError) as err:\n"
+        "        print('BLOCKED', target, type(err).__name__)\n")
+    nbformat.write(submission(chapter, reader), subs / "reader.ipynb")
+    grader.grade(subs, out, chapter.parent, timeout=240, memory_gb=2.5, log=lambda *_: None)
+    printed = outputs(out, "reader")
+    assert "READ" not in printed, printed
+    assert printed.count("BLOCKED") == len(targets), printed
+    assert rows(out)[("reader", "merge")][0] == "True"  # the hiding left what the checks need
