@@ -27,18 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError, ModelConfig
+from .hardware import print_once
 
 BACKENDS = ("naive", "sdpa", "fa3", "auto")
-
-_printed: set[str] = set()
-
-
-def print_once(message: str) -> None:
-    """Print ``message`` the first time it is seen in this process (backend choices, fallbacks)."""
-    if message not in _printed:
-        _printed.add(message)
-        print(message, flush=True)
-
 
 # ---- the masks -------------------------------------------------------------------------------
 

@@ -67,12 +67,17 @@ def process_count() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with one of ``keys`` (Linux), else None."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):  # x86 / Arm
-                return set(line.split(":", 1)[1].split())
-    return set()
+            if line.startswith(keys):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags", "Features") or "").split())  # x86 / Arm
 
 
 @lru_cache(maxsize=None)
@@ -106,7 +111,14 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     return ok, f"this CPU ({', '.join(features) or 'no AVX2'}) {'computes' if ok else 'has no native'} bf16"
 
 
-_said: set[str] = set()
+_printed: set[str] = set()
+
+
+def print_once(message: str) -> None:
+    """Print ``message`` the first time it is seen in this process (what a run chose, and why)."""
+    if message not in _printed:
+        _printed.add(message)
+        print(message, flush=True)
 
 
 def use_bf16(setting: str | bool, device: torch.device) -> bool:
@@ -116,10 +128,7 @@ def use_bf16(setting: str | bool, device: torch.device) -> bool:
     if setting in (False, "off"):
         return False
     ok, why = native_bf16(device)
-    line = f"precision: {'bf16 autocast' if ok else 'fp32'} ({why}; --bf16 on|off overrides)"
-    if line not in _said:
-        _said.add(line)
-        print(line, flush=True)
+    print_once(f"precision: {'bf16 autocast' if ok else 'fp32'} ({why}; --bf16 on|off overrides)")
     return ok
 
 
@@ -134,10 +143,5 @@ def describe_hardware(device: torch.device) -> str:
     """What ran: the GPU name, or the CPU model, its thread count and its matmul extensions."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} x{int(os.environ.get('WORLD_SIZE', 1))}"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
     return f"{cpu}, {torch.get_num_threads()} threads (CPU: {'/'.join(cpu_features()) or 'no AVX2'})"

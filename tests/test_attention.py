@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nanogpt_core import attention as A
+from nanogpt_core import hardware
 from nanogpt_core.config import ConfigError, ModelConfig, stage_config
 from nanogpt_core.model import GPT
 
@@ -95,7 +96,7 @@ def test_causal_attention_dispatch_and_errors():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
 def test_fa3_request_on_cpu_says_why_and_falls_back(capsys):
-    A._printed.clear()
+    hardware._printed.clear()
     assert A.resolve_backend("fa3") == "sdpa"
     assert A.resolve_backend("auto") == "sdpa"
     out = capsys.readouterr().out

@@ -169,10 +169,11 @@ def test_two_process_run_resumes_with_each_process_state(tmp_path):
 def test_a_speedrun_scale_run_refuses_sdpa_unless_told(capsys, monkeypatch):
     """Without FlashAttention-3 (no Hopper GPU here) a speedrun-scale run does not start, and says why."""
     import nanogpt_core.attention as attention
+    import nanogpt_core.hardware as hardware
     from nanogpt_core.__main__ import main
 
     monkeypatch.setattr(attention, "_fa3", (None, "no CUDA GPU is visible"))
-    monkeypatch.setattr(attention, "_printed", set())
+    monkeypatch.setattr(hardware, "_printed", set())
     assert main(["train", "--scale", "speedrun", "--stage", "packing", "--steps", "1"]) == 2
     err = capsys.readouterr().err
     assert "FlashAttention-3 cannot run here (no CUDA GPU is visible)" in err and "--allow-sdpa" in err

@@ -25,7 +25,7 @@ def test_on_and_off_are_obeyed_whatever_the_hardware(monkeypatch):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_follows_the_hardware_and_says_so_once(monkeypatch, capsys, native):
     monkeypatch.setattr(hardware, "native_bf16", lambda device: (native, f"test says {native}"))
-    monkeypatch.setattr(hardware, "_said", set())
+    monkeypatch.setattr(hardware, "_printed", set())
     assert hardware.use_bf16("auto", CPU) is native
     assert hardware.use_bf16("auto", CPU) is native
     out = capsys.readouterr().out.splitlines()

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .notebooks import META, ClassroomError, Exercise, chapter_of, exercise_sources, find_exercises, nbformat
+from .notebooks import META, ClassroomError, Exercise, chapter_imports, chapter_of, find_exercises, nbformat
 
 
 # ---- grading ----------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def grade_one(student: str, path: Path, chapters: Path, timeout: float, memory_g
     if reference.exists():
         ref = nbformat.read(reference, as_version=4)
         expected = find_exercises(ref, chapter)
-        imports = exercise_sources(ref, expected[0])[0] if expected else ""
+        imports = chapter_imports(ref)
         check_source = {ex.check_id: ref.cells[ex.check_cell].source for ex in expected}
         for cell in nb.cells:  # the student may have edited a check: put the chapter's back
             gid = cell.metadata.get("nbgrader", {}).get("grade_id")
@@ -477,7 +477,7 @@ def grade_one(student: str, path: Path, chapters: Path, timeout: float, memory_g
     else:  # no instructor's copy: trust the check cells' nbgrader metadata (written by `student`)
         expected = [Exercise(chapter, meta["grade_id"].removeprefix("check_"), -1, i, "", "", 0)
                     for i, cell in enumerate(nb.cells) if (meta := cell.metadata.get("nbgrader", {})).get("grade")]
-        imports = _imports(nb)
+        imports = chapter_imports(nb)
     if not expected:
         return [Row(student, chapter, "-", False, "no exercises found (is this a chapter with exercises?)")], "skipped"
     t0 = time.perf_counter()
@@ -490,20 +490,6 @@ def grade_one(student: str, path: Path, chapters: Path, timeout: float, memory_g
         (executed_dir / student).mkdir(parents=True, exist_ok=True)
         nbformat.write(executed, executed_dir / student / path.name)
     return verdicts(student, chapter, expected, executed, status, rechecked), status
-
-
-def _imports(nb) -> str:
-    """Every top-level import statement of a notebook's code cells."""
-    from .notebooks import _python
-
-    found = []
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            try:
-                found += [ast.unparse(n) for n in ast.parse(_python(cell.source)).body if isinstance(n, (ast.Import, ast.ImportFrom))]
-            except SyntaxError:
-                continue
-    return "\n".join(found)
 
 
 def _safe(name: str) -> str:

@@ -133,12 +133,9 @@ def chapter_of(nb, path: Path) -> str:
     return nb.metadata.get(META, {}).get("chapter") or path.stem
 
 
-def exercise_sources(nb, ex: Exercise) -> tuple[str, str]:
-    """(imports, check cell) as Python, to run one exercise's check without running the chapter.
-
-    ``imports`` gathers every top-level import statement of the chapter, so that an exercise cell
-    (the solution, or the student's stub) and its check run in a fresh namespace.
-    """
+def chapter_imports(nb) -> str:
+    """Every top-level import statement of a notebook's code cells, as Python: what an exercise cell
+    (the solution, or the student's stub) and its check need to run in a fresh namespace."""
     imports = []
     for cell in nb.cells:
         if cell.cell_type != "code":
@@ -148,7 +145,12 @@ def exercise_sources(nb, ex: Exercise) -> tuple[str, str]:
         except SyntaxError:
             continue
         imports += [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
-    return "\n".join(imports), _python(nb.cells[ex.check_cell].source)
+    return "\n".join(imports)
+
+
+def exercise_sources(nb, ex: Exercise) -> tuple[str, str]:
+    """(imports, check cell) as Python, to run one exercise's check without running the chapter."""
+    return chapter_imports(nb), _python(nb.cells[ex.check_cell].source)
 
 
 # ---- student notebooks ------------------------------------------------------------------------

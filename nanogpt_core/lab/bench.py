@@ -46,6 +46,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 GPU_VARIANTS = {k: VARIANTS[k] for k in ("gpt2", "flash-attention", "flash-attention + bf16", "compile")}
 
 
+def stage_step_time(stage: str, steps: int = 6, scale: str = "toy", **overrides) -> dict:
+    """Train ``stage`` for ``steps`` steps (no evaluation) and time it: the median step, the first two
+    steps (compilation, warm-up) excluded, with the precision and thread count it ran with."""
+    from ..train import train
+
+    cfg = stage_config(stage, scale, **{"steps": steps, "eval_every": 0, "eval_tokens": 4096, **overrides})
+    _, r = train(cfg, progress=False)
+    timed = r.step_seconds[2:]
+    step = statistics.median(timed)
+    return {"stage": stage, "precision": r.precision, "threads": torch.get_num_threads(), "step_s": step,
+            "steps_s": timed, "first_step_s": r.compile_seconds,
+            "tokens_per_second": cfg.train.batch_size * cfg.model.seq_len / step}
+
+
 def stage_speeds(
     variants: dict[str, tuple[str, dict]] | None = None, steps: int = 10, warmup: int = 2, rounds: int = 3,
     scale: str = "toy", data=None, progress: bool = False, **overrides,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -36,18 +35,9 @@ VARIANTS = {  # name: (stage, overrides)
 
 
 def _worker(stage: str, overrides: dict, steps: int) -> dict:
-    import torch
+    from .bench import stage_step_time
 
-    from ..config import stage_config
-    from ..train import train
-
-    cfg = stage_config(stage, "toy", **{"steps": steps, "eval_every": 0, "eval_tokens": 4096, "device": "cpu",
-                                        **overrides})
-    _, r = train(cfg, progress=False)
-    timed = r.step_seconds[2:]  # the first step compiles, the second warms up
-    return {"stage": stage, "precision": r.precision, "threads": torch.get_num_threads(),
-            "step_s": statistics.median(timed), "steps_s": timed, "first_step_s": r.compile_seconds,
-            "tokens_per_second": cfg.train.batch_size * cfg.model.seq_len / statistics.median(timed)}
+    return stage_step_time(stage, steps, **{"device": "cpu", **overrides})
 
 
 COMPETITORS = {

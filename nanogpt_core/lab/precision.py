@@ -15,31 +15,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 
 import torch
 
-from ..config import stage_config
 from ..hardware import cpu_features, native_bf16
-from ..train import train
-from .bench import matmul_gflops
+from .bench import matmul_gflops, stage_step_time
 from .results import save_result
 
-STAGES = ("gpt2", "compile", "muon", "packing")
+TIMED_STAGES = ("gpt2", "compile", "muon", "packing")
 
 
-def stage_step_times(stages=STAGES, steps: int = 6, **overrides) -> dict[str, dict]:
+def stage_step_times(stages=TIMED_STAGES, steps: int = 6, **overrides) -> dict[str, dict]:
     """Median step time (first two steps excluded: compilation, warm-up) of each stage at toy scale."""
     rows = {}
     for stage in stages:
-        cfg = stage_config(stage, "toy", **{"steps": steps, "eval_every": 0, "eval_tokens": 4096, **overrides})
-        _, r = train(cfg, progress=False)
-        step = statistics.median(r.step_seconds[2:])
-        rows[stage] = {"precision": r.precision, "step_ms": 1e3 * step, "first_step_s": r.compile_seconds,
-                       "tokens_per_second": cfg.train.batch_size * cfg.model.seq_len / step}
-        print(f"{stage:<10} {r.precision:<14} {rows[stage]['step_ms']:7.0f} ms/step  "
-              f"{rows[stage]['tokens_per_second']:7,.0f} tok/s  first step {r.compile_seconds:5.1f} s", flush=True)
+        t = stage_step_time(stage, steps, **overrides)
+        rows[stage] = {"precision": t["precision"], "step_ms": 1e3 * t["step_s"], "first_step_s": t["first_step_s"],
+                       "tokens_per_second": t["tokens_per_second"]}
+        print(f"{stage:<10} {t['precision']:<14} {rows[stage]['step_ms']:7.0f} ms/step  "
+              f"{t['tokens_per_second']:7,.0f} tok/s  first step {t['first_step_s']:5.1f} s", flush=True)
     return rows
 
 
