@@ -165,8 +165,10 @@ def build(args) -> None:
 
 def refresh(args) -> None:
     notebooks = sorted(CHAPTERS.glob("*.ipynb"))
+    if args.chapters:
+        notebooks = [p for p in notebooks if any(p.stem.startswith(name.removesuffix(".ipynb")) for name in args.chapters)]
     if not notebooks:
-        sys.exit(f"error: no notebooks in {CHAPTERS}")
+        sys.exit(f"error: no notebooks in {CHAPTERS}" + (f" match {args.chapters}" if args.chapters else ""))
     execute_all(notebooks, cwd_of=lambda path: CHAPTERS)
 
 
@@ -177,7 +179,9 @@ def main() -> None:
     p.add_argument("--execute", action="store_true", help="execute the chapters (toy scale) before building")
     p.add_argument("--dev-demo", action="store_true", help="include book/_dev/demo.ipynb")
     p.set_defaults(func=build)
-    sub.add_parser("refresh", help="re-execute chapters/*.ipynb in place").set_defaults(func=refresh)
+    p = sub.add_parser("refresh", help="re-execute chapters/*.ipynb in place")
+    p.add_argument("chapters", nargs="*", help="only these chapters (names or prefixes, e.g. 05 or 05_muon)")
+    p.set_defaults(func=refresh)
     args = parser.parse_args()
     args.func(args)
 

@@ -8,6 +8,7 @@ eval time is excluded from the training wall time so runs compare by their train
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .compile import compile_model, eval_model
-from .config import Config
+from .config import Config, TrainConfig
 from .data import TokenizedCorpus, TokenStreamLoader, toy_data
 from .evaluate import evaluate
 from .hardware import autocast_for, describe_hardware, pick_device, use_bf16
@@ -313,6 +314,36 @@ def build_loader(cfg: Config, data: TokenizedCorpus, rank: int = 0, world_size: 
                           world_size=world_size, bos_id=bos_id(data.enc), pad_id=bos_id(data.enc))
 
 
+def train_step(fwd, model, optimizer, batches, step: int, t: TrainConfig, autocast=contextlib.nullcontext,
+               world_size: int = 1, self_synced=frozenset()) -> torch.Tensor:
+    """One optimizer step of the recipe; returns the mean loss of its micro-batches (a 0-d tensor).
+
+    For each of the ``t.grad_accum`` micro-batches (x, y) in ``batches``: forward under ``autocast``,
+    loss L_i, backward of L_i / grad_accum, so the gradients sum to the gradient of the mean loss.
+    Across processes the gradients are averaged (all-reduce, except parameters whose optimizer
+    syncs them itself). Then: clip the global gradient norm to ``t.grad_clip`` (if set), set every
+    group's learning rate to its base rate times ``lr_multiplier(step)``, step, zero the gradients.
+    ``fwd`` is the model's forward (``model`` itself, or its compiled version).
+    """
+    loss_sum = None
+    for x, y in batches:
+        with autocast():
+            loss = fwd(x, y)
+        (loss / t.grad_accum).backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    if world_size > 1:
+        for p in model.parameters():
+            if p.grad is not None and id(p) not in self_synced:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    if t.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    set_lr(optimizer, lr_multiplier(step, t.steps, t))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / t.grad_accum
+
+
 def train(
     cfg: Config,
     data: TokenizedCorpus | None = None,
@@ -399,25 +430,9 @@ def train(
         if t.eval_every and step % t.eval_every == 0 and not any(v["step"] == step for v in result.val):
             run_eval(step)
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for _ in range(t.grad_accum):
-            x, y = (b.to(device, non_blocking=True) for b in loader.next_batch())
-            with autocast():
-                loss = fwd(x, y)
-            (loss / t.grad_accum).backward()
-            loss_sum += loss.detach()
-        if world_size > 1:
-            for p in model.parameters():
-                if p.grad is not None and id(p) not in self_synced:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        lr_mult = lr_multiplier(step, t.steps, t)
-        set_lr(optimizer, lr_mult)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss_sum.item() / t.grad_accum
+        batches = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                   for x, y in (loader.next_batch() for _ in range(t.grad_accum)))
+        loss_value = train_step(fwd, model, optimizer, batches, step, t, autocast, world_size, self_synced).item()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         result.step_seconds.append(time.perf_counter() - t0)
@@ -436,7 +451,7 @@ def train(
                 + (last_good or "none (checkpoint with --checkpoint PATH --checkpoint-every N)")
                 + ". Resume from it with a lower learning rate, or look for bad data in this step's batch."
             )
-        write_log("step", step=step + 1, loss=loss_value, lr=lr_mult, tokens=result.tokens,
+        write_log("step", step=step + 1, loss=loss_value, lr=lr_multiplier(step, t.steps, t), tokens=result.tokens,
                   seconds=round(result.wall_seconds, 4))
         bar.update(step + 1, loss=loss_value)
         if checkpoint_path and checkpoint_every and (step + 1) % checkpoint_every == 0:

@@ -32,3 +32,41 @@ def save_result(result: dict, path: str | Path | None, command: str, seeds=None,
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(stamped, indent=1))
     return stamped
+
+
+# ---- seeds: mean, spread, and whether a difference is noise -------------------------------------
+
+
+def spread(values) -> dict:
+    """Mean, sample standard deviation, min and max of one figure over seeds (n >= 1)."""
+    import statistics
+
+    values = [float(v) for v in values]
+    return {"n": len(values), "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "min": min(values), "max": max(values)}
+
+
+def significant(x: float, digits: int = 2) -> str:
+    """``x`` rounded to ``digits`` significant figures (0.012345 -> '0.012', 2.345 -> '2.3')."""
+    return f"{float(f'{x:.{digits}g}'):g}" if x else "0"
+
+
+def mean_pm(values, digits: int = 3) -> str:
+    """'mean ± std (n seeds)' with ``digits`` decimals: how the book prints a figure over seeds."""
+    s = spread(values)
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} (n={s['n']})"
+
+
+def paired_difference(a, b) -> dict:
+    """``b - a`` seed by seed (the lists are aligned by seed), with its mean, spread and verdict.
+
+    The verdict is "noise" when the seed-to-seed spread of the difference (its min..max) contains
+    zero, "b lower" or "b higher" when every seed moves the same way. With 3 seeds this is a
+    crude test, and the book says so; it never calls a difference real that one seed reverses.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference needs the same seeds on both sides ({len(a)} vs {len(b)} values)")
+    diffs = [float(y) - float(x) for x, y in zip(a, b)]
+    s = spread(diffs)
+    verdict = "noise" if s["min"] <= 0.0 <= s["max"] else ("b lower" if s["max"] < 0 else "b higher")
+    return {**s, "diffs": diffs, "verdict": verdict}
