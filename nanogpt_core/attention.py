@@ -100,8 +100,9 @@ def fa3_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
 # Inside a compiled graph on a CPU, in bf16, for rows up to this length, "auto" runs the
 # formula (naive_attention) and lets Inductor fuse the scale, mask and softmax between two bf16
 # batched matmuls. PyTorch's CPU flash kernel ran no faster in bf16 than in fp32 at these shapes,
-# so the compiled formula won: 1.3-2.0x at T = 256, about even at T = 512, 0.6x at T = 1024
-# (4096 tokens, 4 heads of 64, forward + backward; AMD EPYC, 2 threads, torch 2.13;
+# so the compiled formula won: 1.3-2.0x at T = 256, about even at T = 512, 0.6x at T = 1024 on an
+# AMD EPYC, and 1.3x / about even / 0.34-0.48x on an Intel Xeon with AMX (2026-12-01) (2 threads,
+# 4096 tokens, 4 heads of 64, forward + backward, torch 2.13;
 # ``bench.compiled_attention_crossover`` measures it on your machine). The formula keeps the
 # T x T probabilities for the backward pass: 16 MiB per layer at toy scale.
 COMPILED_FORMULA_MAX_T = 256

@@ -117,6 +117,7 @@ class TrainConfig:
     bf16: str = "off"  # bf16 autocast for the forward pass: "on", "off", or "auto" (where the hardware computes bf16)
     loader: str = "stream"  # "stream" (plain token stream), "bos" (BOS-aligned), "bestfit" (packing)
     eval_every: int = 50  # steps between val evaluations (0 = only at the end)
+    eval_steps: tuple[int, ...] = ()  # also evaluate at these steps (e.g. early ones, to resolve a fast curve)
     eval_tokens: int = 32_768  # val tokens per evaluation
     seed: int = 1337
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -138,6 +139,9 @@ class TrainConfig:
             raise ConfigError(f"final_lr_frac={self.final_lr_frac!r} must be in [0, 1]")
         if self.eval_every < 0 or self.eval_tokens <= 0:
             raise ConfigError("eval_every must be >= 0 and eval_tokens > 0")
+        self.eval_steps = tuple(self.eval_steps)
+        if any(not isinstance(s, int) or s < 0 for s in self.eval_steps):
+            raise ConfigError(f"eval_steps={self.eval_steps!r} must be step numbers >= 0")
         return self
 
 

@@ -75,3 +75,28 @@ def cost_curve(start: CostPoint = GPT2_2019, end: CostPoint = NANOCHAT_2026) -> 
 def moores_law_factor() -> float:
     """Yearly cost factor if compute per dollar doubles every two years: 1/sqrt(2) = 0.707."""
     return 0.5**0.5
+
+
+def plot_cost_curve(ax=None):
+    """The cost of a GPT-2-grade run on a log scale, 2019 -> 2026: the constant-rate path between the
+    two estimates, Moore's law from the same start, and the misread "40% decline per year"."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 4.2))
+    r, moore = annual_factor(), moores_law_factor()
+    years = [y for y, _ in cost_curve()]
+    ax.plot(years, [d for _, d in cost_curve()], "o-", color="C0", label=f"constant rate: x{r:.2f} per year ({1 / r:.1f}x cheaper)")
+    ax.plot(years, [GPT2_2019.dollars * moore ** (y - 2019) for y in years], "s--", color="C1",
+            label=f"Moore's law from the same start: x{moore:.3f} per year")
+    ax.plot(years, [GPT2_2019.dollars * 0.6 ** (y - 2019) for y in years], ":", color="C7",
+            label="the misread headline, a 40% decline: x0.6 per year")
+    for p in (GPT2_2019, NANOCHAT_2026):
+        ax.annotate(f"${p.dollars:,.0f}", (p.year, p.dollars), textcoords="offset points", xytext=(10, -4))
+    ax.scatter([2019, 2026], [GPT2_2019.dollars, NANOCHAT_2026.dollars], s=80, color="k", zorder=3,
+               label="estimates (Karpathy, nanochat)")
+    ax.set(yscale="log", xlabel="year", ylabel="cost to train a GPT-2-grade model (US$, log scale)",
+           title="The cost of GPT-2, 2019 -> 2026")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

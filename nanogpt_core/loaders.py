@@ -489,3 +489,39 @@ class ConsecutiveLoader:
         self.step = int(state["step"])
         self.pending = self.source.load_state_dict(state)
         self.offset = int(state["offset"])
+
+
+def pack_to_the_end(lengths: Iterable[int], seq_len: int, policy: str = "bestfit", buffer_size: int = 1000) -> dict:
+    """Pack a finite stream of document lengths until every document is used, row by row.
+
+    Returns ``rows`` (per row, (length, taken) of its pieces), ``drain_start`` (the first row filled
+    after the stream ran out), ``docs_used`` (documents taken out of the buffer after each row) and
+    ``long_share`` (the share of the buffer longer than a row, before each row).
+    """
+    capacity, it, counter = seq_len + 1, iter(lengths), itertools.count()
+    buffer, want, exhausted = DocBuffer(), (buffer_size if policy == "bestfit" else 1), False
+    rows, docs_used, long_share, drain_start, used = [], [], [], None, 0
+
+    def refill():
+        nonlocal exhausted
+        while len(buffer) < want and not exhausted:
+            n = next(it, None)
+            if n is None:
+                exhausted = True
+            else:
+                buffer.push(Doc(next(counter), int(n)))
+
+    while True:
+        refill()
+        if not buffer:
+            break
+        if exhausted and drain_start is None:
+            drain_start = len(rows)
+        fitting = bisect.bisect(buffer.keys, (capacity, math.inf))  # the buffer is sorted by length
+        long_share.append((len(buffer) - fitting) / len(buffer))
+        pieces, _ = fill_row(buffer, capacity, policy, refill)
+        used += len(pieces)
+        rows.append([(doc.length, take) for doc, take in pieces])
+        docs_used.append(used)
+    return {"rows": rows, "drain_start": len(rows) if drain_start is None else drain_start,
+            "docs_used": docs_used, "long_share": long_share}

@@ -120,7 +120,7 @@ def _in_notebook() -> bool:
 # "data": data_identity(...)}, so a resume can check that it continues the same run on the same data.
 CHECKPOINT_FORMAT = 2
 # Config fields a resumed run may change: how it runs, not what it trains.
-RESUME_MAY_CHANGE = ("device", "compile", "bf16", "eval_every")
+RESUME_MAY_CHANGE = ("device", "compile", "bf16", "eval_every", "eval_steps")
 
 
 class CheckpointError(ValueError):
@@ -427,7 +427,8 @@ def train(
     last_step = min(t.steps, stop_after if stop_after is not None else t.steps)
     timed_tokens = result.tokens_per_second * result.wall_seconds  # earlier segments of a resumed run
     for step in range(start_step, last_step):
-        if t.eval_every and step % t.eval_every == 0 and not any(v["step"] == step for v in result.val):
+        due = (t.eval_every and step % t.eval_every == 0) or step in t.eval_steps
+        if due and not any(v["step"] == step for v in result.val):
             run_eval(step)
         t0 = time.perf_counter()
         batches = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))

@@ -4,10 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanogpt_core.lab.ablations_negative import (HalfRopeGPT, SwiGLU, SwiGLUGPT, run_negative_ablations, swiglu_hidden,
-                                             truncated_rotary_tables)
 from nanogpt_core.config import stage_config
-from nanogpt_core.model import GPT, apply_rotary, rotary_tables
+from nanogpt_core.lab.ablations_negative import (
+    RECIPE,
+    HalfRopeGPT,
+    SwiGLU,
+    SwiGLUGPT,
+    half_truncated_rotary_tables,
+    run_negative_ablations,
+    swiglu_hidden,
+)
+from nanogpt_core.model import GPT, apply_rotary
 
 
 def test_swiglu_matches_the_formula():
@@ -29,23 +36,41 @@ def test_swiglu_model_has_relu2s_weights_and_flops():
     assert all((b.mlp.c_proj.weight == 0).all() for b in swiglu.blocks)  # the recipe's zero-init projections
 
 
-def test_half_truncated_rope_keeps_the_fast_half_and_leaves_the_rest_unrotated():
-    cos, sin = truncated_rotary_tables(16, 8, keep=0.5)
-    full_cos, full_sin = rotary_tables(16, 8)
-    assert torch.equal(cos[:, :2], full_cos[:, :2]) and torch.equal(sin[:, :2], full_sin[:, :2])
+def test_swiglu_width_is_nanochats():
+    assert swiglu_hidden(768) == 2048 and swiglu_hidden(256) == 682  # (8 * n_embd) // 3, nanochat dev/LOG.md 2026-02-05
+
+
+def test_half_truncated_rope_is_modded_nanogpts_record_17():
+    """(1/1024) ** linspace(0, 1, D/4) for the first D/4 pairs, then D/4 zeros (records/.../2024-12-17_SparsifyEmbeds)."""
+    T, D = 16, 8
+    cos, sin = half_truncated_rotary_tables(T, D)
+    assert cos.shape == sin.shape == (T, D // 2) and cos.dtype == torch.float32
+    inv_freq = torch.cat([(1 / 1024) ** torch.linspace(0.0, 1.0, D // 4), torch.zeros(D // 4)])
+    theta = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)
+    assert torch.allclose(cos, theta.cos()) and torch.allclose(sin, theta.sin())
+    assert torch.allclose(torch.atan2(sin[1, :2], cos[1, :2]), torch.tensor([1.0, 1 / 1024]))  # from 1 down to 1/1024
     assert (cos[:, 2:] == 1).all() and (sin[:, 2:] == 0).all()
-    x = torch.randn(16, 8)
+    x = torch.randn(T, D)
     y = apply_rotary(x, cos, sin)
-    untouched = [2, 3, 6, 7]  # pairs (i, i + D/2) for the zeroed frequencies i = 2, 3
+    untouched = [2, 3, 6, 7]  # pairs (i, i + D/2) for the zero frequencies i = 2, 3
     assert torch.allclose(y[:, untouched], x[:, untouched])
+    assert not torch.allclose(y[1:, [0, 4]], x[1:, [0, 4]])
     model = HalfRopeGPT(stage_config("modern-block", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=16).model)
-    assert torch.equal(model.rope_cos, truncated_rotary_tables(16, 16)[0])
+    assert torch.equal(model.rope_cos, half_truncated_rotary_tables(16, 16)[0])
+    base = GPT(stage_config("modern-block", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=16).model)
+    assert not torch.equal(model.rope_cos, base.rope_cos)
     with pytest.raises(ValueError, match="pos_emb='rope'"):
         HalfRopeGPT(stage_config("gpt2", "toy").model)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        half_truncated_rotary_tables(4, 6)
 
 
 def test_ablation_runner_trains_every_variant(small_data):
-    out = run_negative_ablations(steps=3, seeds=(0,), data=small_data, vocab_size=512, n_layer=1, n_embd=32,
+    out = run_negative_ablations(steps=3, seeds=(0, 1), data=small_data, vocab_size=512, n_layer=1, n_embd=32,
                                  n_head=2, seq_len=32, batch_size=4, eval_tokens=512)
-    assert set(out["summary"]) == {"relu2 (the recipe)", "swiglu, equal FLOPs", "half-truncated rope"}
-    assert all(s["mean_bpb"] > 0 for s in out["summary"].values())
+    assert set(out["summary"]) == {RECIPE, "swiglu, equal FLOPs", "half-truncated rope"} and out["baseline"] == RECIPE
+    assert all(s["bpb"]["mean"] > 0 and s["bpb"]["n"] == 2 for s in out["summary"].values())
+    for name, s in out["summary"].items():  # every variant paired with the recipe, seed by seed
+        assert ("difference" in s) == (name != RECIPE)
+        if name != RECIPE:
+            assert len(s["difference"]["diffs"]) == 2 and s["difference"]["verdict"] in ("noise", "variant lower", "variant higher")

@@ -8,6 +8,7 @@ an infinite loop, a notebook that deletes files outside its sandbox and one that
 
 import contextlib
 import csv
+import html
 import io
 import shutil
 import time
@@ -79,6 +80,45 @@ def test_student_version_stubs_solutions_and_keeps_everything_else(path):
         assert "    # YOUR CODE HERE\n    raise NotImplementedError()\n    return out" in merge
 
 
+BUILD_IT = [p for p in sorted((ROOT / "chapters").glob("[0-9]*.ipynb")) if "01" <= p.stem[:2] <= "10"]
+
+
+@pytest.mark.parametrize("path", BUILD_IT, ids=lambda p: p.stem)
+def test_every_chapter_has_two_build_it_exercises_and_a_think_further(path):
+    nb = nbformat.read(path, as_version=4)
+    exercises = notebooks.find_exercises(nb, path.stem)
+    assert len(exercises) >= 2, f"{path.stem}: {len(exercises)} graded exercise(s); every chapter 01-10 needs two"
+    for ex in exercises:
+        assert ex.number and ex.title and ex.points >= 1 and ex.stated_minutes, (
+            f"{path.stem}, {ex.function}: the exercise cell's first line must be "
+            "'# Exercise N.k (P points, about M minutes): what the student writes'")
+    questions = notebooks.think_further(nb)
+    assert len(questions) == 1 and "<summary>Hint</summary>" in questions[0], (
+        f"{path.stem}: one '{notebooks.THINK}' markdown cell with a <details><summary>Hint</summary> hint")
+    answers = (ROOT / "book" / "think_further.md").read_text()
+    assert f"## {path.stem}" in answers, f"book/think_further.md has no worked answer for {path.stem}"
+
+
+@pytest.mark.parametrize("path", [FIXTURE, *BUILD_IT], ids=lambda p: p.stem)
+def test_student_versions_hold_no_solution_line(path):
+    """No non-trivial line of a reference solution is visible anywhere in the student version: not
+    in another cell, an output (a printed package function), or the prose."""
+    nb = nbformat.read(path, as_version=4)
+    leaks = notebooks.leaked_solution_lines(nb, notebooks.make_student(nb, path.stem), path.stem)
+    assert not leaks, f"{path.stem}: solution lines visible in the student version: {leaks[:5]}"
+
+
+def test_leak_detector_finds_a_solution_line_printed_elsewhere():
+    nb = nbformat.read(FIXTURE, as_version=4)
+    ex = notebooks.find_exercises(nb, FIXTURE.stem)[1]
+    line = notebooks.solution_lines(nb, ex)[0]
+    head, rest = line.split(" ", 1)  # as a highlighter prints it: tags, entities, other spacing
+    nb.cells.append(nbformat.v4.new_code_cell("Code(src)", outputs=[nbformat.v4.new_output(
+        "display_data", data={"text/html": f"<pre><span>{head}</span>  {html.escape(rest)}</pre>"})]))
+    assert (ex.function, line) in notebooks.leaked_solution_lines(nb, notebooks.make_student(nb, FIXTURE.stem),
+                                                                  FIXTURE.stem)
+
+
 def test_student_command_and_exercise_table(tmp_path, capsys):
     from nanogpt_core.__main__ import main
 
@@ -86,7 +126,7 @@ def test_student_command_and_exercise_table(tmp_path, capsys):
     written = nbformat.read(tmp_path / FIXTURE.name, as_version=4)
     assert sum("raise NotImplementedError()" in c.source for c in written.cells) == 2
     table = notebooks.exercise_table([FIXTURE])
-    assert "| classroom_chapter | `merge` | `tokens.check_merge` |" in table
+    assert "| classroom_chapter | - `merge` | - | 1 |" in table and "`tokens.check_merge`: " in table
     assert main(["student", "--out", str(tmp_path), "no_such_chapter"]) == 2
     assert "no chapter 'no_such_chapter'" in capsys.readouterr().err
 
@@ -180,7 +220,7 @@ def test_grader_survives_loops_deletes_and_memory_hogs(tmp_path):
     for student, kind in kinds if iso["read_only_files"] else [k for k in kinds if k[1] != "delete"]:
         path = subs / student / FIXTURE.name if student == "dave" else subs / f"{student}.ipynb"
         nbformat.write(_submission(kind, guard), path)  # both layouts: NAME.ipynb and NAME/*.ipynb
-    rows = grader.grade(subs, out, chapters, timeout=240, memory_gb=2.5, log=lambda *_: None)
+    rows = grader.grade(subs, out, chapters, timeout=240, memory_gb=2.5, log=lambda *_: None, mode="notebook")
     assert len(rows) == (8 if iso["read_only_files"] else 6)
     got = _rows(out)
     for student in ("alice", "dave", "erin") if iso["read_only_files"] else ("alice", "erin"):
@@ -215,7 +255,7 @@ def test_grader_stops_an_infinite_loop_and_keeps_the_checks_that_ran(tmp_path):
     chapters = tmp_path / "chapters"  # empty: the exercises are read from the cells' nbgrader metadata
     chapters.mkdir()
     t0 = time.monotonic()
-    rows = grader.grade(subs, out, chapters, timeout=30, memory_gb=2.5, log=lambda *_: None)
+    rows = grader.grade(subs, out, chapters, timeout=30, memory_gb=2.5, log=lambda *_: None, mode="notebook")
     assert time.monotonic() - t0 < 30 + 60  # the loop was killed at the limit (+ sandbox set-up)
     assert [(r.chapter, r.exercise) for r in rows] == [("classroom_chapter", "most_frequent_pair"),
                                                        ("classroom_chapter", "merge")]
@@ -225,3 +265,15 @@ def test_grader_stops_an_infinite_loop_and_keeps_the_checks_that_ran(tmp_path):
     # finished it in 30 s; then its verdict names the time limit too.
     first = next(r for r in rows if r.exercise == "most_frequent_pair")
     assert first.passed or "time limit (30 s)" in first.message, first.message
+
+
+@pytest.mark.timeout(300)
+def test_grading_benchmark_makes_a_class_and_grades_it_as_expected(tmp_path):
+    from nanogpt_core.lab.grading import time_chapter
+
+    chapters = tmp_path / "chapters"
+    chapters.mkdir()
+    shutil.copy(FIXTURE, chapters)
+    row = time_chapter(chapters / FIXTURE.name, chapters, students=3, jobs=1, timeout=60)
+    assert row["all_verdicts_as_expected"], row["unexpected"]
+    assert row["students"] == 3 and row["exercises"] == 2 and row["seconds"] > 0

@@ -8,6 +8,7 @@ attack needs the sandbox's private mount namespace (``unshare``); without it tha
 """
 
 import csv
+import time
 from pathlib import Path
 
 import nbformat
@@ -70,7 +71,7 @@ def test_patching_or_shadowing_a_check_does_not_pass_a_wrong_answer(tmp_path):
     }
     for student, (early, merge) in attacks.items():
         nbformat.write(submission(chapter, early, merge), subs / f"{student}.ipynb")
-    grader.grade(subs, out, chapter.parent, timeout=240, memory_gb=2.5, log=lambda *_: None)
+    grader.grade(subs, out, chapter.parent, timeout=240, memory_gb=2.5, log=lambda *_: None, mode="notebook")
     got = rows(out)
     for student in ("patcher", "shadower"):
         assert "✓ merge: all 7 cases" in outputs(out, student)  # the attack fooled its own kernel...
@@ -120,8 +121,65 @@ def test_a_submission_cannot_read_the_solutions(tmp_path):
         "    except (OSError, IndexError) as err:\n"
         "        print('BLOCKED', target, type(err).__name__)\n")
     nbformat.write(submission(chapter, reader), subs / "reader.ipynb")
-    grader.grade(subs, out, chapter.parent, timeout=240, memory_gb=2.5, log=lambda *_: None)
+    grader.grade(subs, out, chapter.parent, timeout=240, memory_gb=2.5, log=lambda *_: None, mode="notebook")
     printed = outputs(out, "reader")
     assert "READ" not in printed, printed
     assert printed.count("BLOCKED") == len(targets), printed
     assert rows(out)[("reader", "merge")][0] == "True"  # the hiding left what the checks need
+
+
+MERGE_AFTER = ("\n    out, i = [], 0\n    while i < len(ids):\n"
+               "        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):\n"
+               "            out.append(new_id)\n            i += 2\n"
+               "        else:\n            out.append(ids[i])\n            i += 1\n    return out\n")
+
+
+@pytest.mark.timeout(600)
+def test_checks_mode_grades_the_exercise_cells_alone_and_contains_hostile_answers(tmp_path):
+    """The default mode runs no cell but the exercises' definitions; an answer that loops, deletes,
+    reads the solutions or hogs memory inside its own function is stopped there, and its
+    neighbour exercise still gets its verdict."""
+    chapter = instructor_chapter(tmp_path / "chapters")
+    subs, out = tmp_path / "submissions", tmp_path / "report"
+    subs.mkdir()
+    canary = tmp_path / "precious.txt"
+    canary.write_text("the grader's own file")
+    iso = grader.isolation()
+    body = {
+        "honest": None,
+        "wrong": WRONG_MERGE,
+        # a demonstration cell that would run for ever: checks mode never runs it
+        "slow_demo": None,
+        "looper": "def merge(ids, pair, new_id):\n    while True:\n        pass\n",
+        "hog": "def merge(ids, pair, new_id):\n    import torch\n    blocks = [torch.ones(2**26) for _ in range(16)]"
+               + MERGE_AFTER,
+    }
+    if iso["read_only_files"]:
+        targets = [str(canary), str(chapter.parent), str(ROOT / "chapters")]  # (the file's name says "classroom")
+        body["deleter"] = ("def merge(ids, pair, new_id):\n    import os, shutil\n"
+                           f"    for t in {targets!r}:\n        shutil.rmtree(t, ignore_errors=True)\n"
+                           "        try:\n            os.remove(t)\n        except OSError:\n            pass" + MERGE_AFTER)
+        body["reader"] = ("def merge(ids, pair, new_id):\n    import pathlib\n"
+                          f"    for t in {[str(chapter.parent), str(ROOT / 'chapters')]!r}:\n"
+                          "        p = pathlib.Path(t)\n"
+                          "        files = sorted(p.rglob('*.ipynb')) if p.is_dir() else ([p] if p.exists() else [])\n"
+                          "        if any('BEGIN SOLUTION' in f.read_text() for f in files):\n"
+                          "            raise RuntimeError('READ the solutions at ' + t)" + MERGE_AFTER)
+    for student, merge in body.items():
+        early = "while True:\n    pass" if student == "slow_demo" else None
+        nbformat.write(submission(chapter, early, merge), subs / f"{student}.ipynb")
+    t0 = time.monotonic()
+    grader.grade(subs, out, chapter.parent, timeout=20, memory_gb=2.5, log=lambda *_: None)  # mode="checks"
+    assert time.monotonic() - t0 < 20 + 60 * len(body)
+    got = rows(out)
+    for student in ("honest", "slow_demo", *(("deleter", "reader") if iso["read_only_files"] else ())):
+        assert got[(student, "merge")][0] == "True", (student, got[(student, "merge")])
+    assert got[("wrong", "merge")][1].startswith("CheckFailed: merge, case"), got[("wrong", "merge")]
+    assert got[("looper", "merge")][0] == "False" and "time limit" in got[("looper", "merge")][1]
+    assert got[("hog", "merge")][0] == "False", got[("hog", "merge")]  # the address-space cap stopped it
+    for student in body:  # the neighbour exercise is graded whatever merge did
+        if student not in ("looper",):
+            assert got[(student, "most_frequent_pair")][0] == "True", (student, got[(student, "most_frequent_pair")])
+    assert canary.read_text() == "the grader's own file" and chapter.exists()
+    assert not (out / "executed").exists() or not any((out / "executed").iterdir())
+    assert "notebook was not executed" in (out / "students" / "honest.md").read_text()

@@ -3,7 +3,7 @@
     python -m nanogpt_core student --out student/ [chapters...]   # solutions -> raise NotImplementedError
     python -m nanogpt_core student --out source/ --keep-solutions  # nbgrader "source" versions
     python -m nanogpt_core exercises [chapters...]                 # Markdown table of the exercises
-    python -m nanogpt_core grade SUBMISSIONS --out REPORT [--timeout 300] [--memory-gb 8] [--jobs 2]
+    python -m nanogpt_core grade SUBMISSIONS --out REPORT [--mode checks|notebook] [--jobs 2]
 
 ``checks/`` holds one module of exercise checks per chapter, ``notebooks`` finds the exercises
 and writes the student versions, ``grader`` runs submissions in a sandbox. Chapters and
@@ -44,6 +44,9 @@ def add_commands(sub) -> None:
     p.add_argument("--memory-gb", type=float, default=8, help="address-space cap per process (default 8)")
     p.add_argument("--jobs", type=int, default=1,
                    help="submissions graded at once (default 1); each gets its own share of the CPUs")
+    p.add_argument("--mode", choices=("checks", "notebook"), default="checks",
+                   help="checks: run the exercise cells and their checks only (default, fast); "
+                        "notebook: also execute each whole notebook, training runs included")
     p.set_defaults(func=_grade_cmd)
 
 
@@ -74,6 +77,6 @@ def _grade_cmd(args) -> int:
     from .grader import grade
 
     rows = grade(args.submissions, args.out, args.chapters, args.timeout, args.memory_gb, results=args.results,
-                 jobs=args.jobs)
+                 jobs=args.jobs, mode=args.mode)
     print(f"{sum(r.passed for r in rows)}/{len(rows)} checks passed; see {args.out / 'report.md'}")
     return 0

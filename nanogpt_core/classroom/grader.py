@@ -1,8 +1,12 @@
-"""The grader: run each submitted notebook in a sandbox and read the verdicts of its checks.
+"""The grader: run each submission's exercises in a sandbox and read the verdicts of their checks.
 
-    python -m nanogpt_core grade SUBMISSIONS --out REPORT [--chapters chapters/] [--timeout 300]
+    python -m nanogpt_core grade SUBMISSIONS --out REPORT [--chapters chapters/] [--timeout 300] [--mode checks]
 
-A check passes when two runs agree:
+Two modes. ``checks`` (the default) runs only what the checks need: in a fresh sandboxed
+interpreter, the chapter's imports, the definitions of each exercise cell, and the check (step 2
+below); the chapter's demonstration runs (training, benchmarks) never run, so a class of 30 is
+graded in minutes. ``notebook`` also executes the whole submitted notebook first, and a check
+passes only when both runs agree:
 
 1. the notebook: its check cells (restored from the instructor's chapter) printed "✓" and raised
    nothing; otherwise the cell's error message (the CheckFailed text) is the verdict;
@@ -13,7 +17,7 @@ A check passes when two runs agree:
    redefines a check in an earlier cell fools only its own kernel, so a wrong answer fails.
 
 Each run is its own process, in a throw-away sandbox folder, with a wall-clock limit, a memory
-cap (RLIMIT_AS), no network (a new network namespace via ``unshare``) and a read-only view of the
+cap (RLIMIT_AS), no network (a new network namespace via ``unshare``, with only its own loopback) and a read-only view of the
 files outside the sandbox (a private mount namespace, capabilities dropped with ``setpriv``), in
 which the instructor's files are not there at all: the chapters (with their solutions), the
 submissions, the report, the temporary folder that holds the other sandboxes, and the course's
@@ -46,6 +50,8 @@ from .notebooks import META, ClassroomError, Exercise, chapter_imports, chapter_
 
 
 # ---- grading ----------------------------------------------------------------------------------
+
+MODES = ("checks", "notebook")
 
 
 @dataclass
@@ -227,6 +233,23 @@ def run_sandboxed(nb, timeout: float, memory_gb: float, iso: dict[str, bool], re
         shutil.rmtree(box, ignore_errors=True)
 
 
+def _loopback_up() -> None:
+    """Set the fresh network namespace's loopback interface up (nothing where that is not allowed).
+    It reaches only the sandbox itself: chapter 9's check and its torchrun cell run two gloo
+    processes over 127.0.0.1; the namespace has no other interface, so still no network."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, struct.pack("16sh", b"lo", 0))[:18])[1]
+            fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+    except OSError:
+        pass
+
+
 def _jail(box: str, hide: list[str], runner: list[str]) -> None:
     """Inside fresh namespaces: cover the ``hide`` folders with empty file systems, make every
     mount read-only except ``box``, then re-run ``runner`` without any capability (so the
@@ -249,6 +272,7 @@ def _jail(box: str, hide: list[str], runner: list[str]) -> None:
                               capture_output=True, text=True)
         if done.returncode != 0:  # fail closed: never run student code on a writable file system
             sys.exit(f"sandbox: cannot make {mount} read-only: {done.stderr.strip()}")
+    _loopback_up()
     os.execvp("setpriv", ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--ambient-caps", "-all",
                           "--no-new-privs", "--", sys.executable, *(["-I"] if sys.flags.isolated else []),
                           "-m", "nanogpt_core.classroom.grader", *runner])
@@ -455,9 +479,10 @@ def verdicts(student: str, chapter: str, expected: list[Exercise], executed, sta
 
 def grade_one(student: str, path: Path, chapters: Path, timeout: float, memory_gb: float,
               iso: dict[str, bool], executed_dir: Path | None = None, results: Path | None = None,
-              hide: list[str] = (), cpus: list[int] | None = None) -> tuple[list[Row], str]:
-    """Grade one submitted notebook: restore its check cells from the chapter, run it, run each check
-    again on the submitted function alone (``recheck``), read the verdicts."""
+              hide: list[str] = (), cpus: list[int] | None = None, mode: str = "checks") -> tuple[list[Row], str]:
+    """Grade one submitted notebook: run each check on the submitted function alone (``recheck``);
+    with ``mode="notebook"``, first restore its check cells from the chapter and run the whole
+    notebook, and pass a check only if both runs passed it."""
     try:
         nb = nbformat.read(path, as_version=4)
     except Exception as err:
@@ -480,6 +505,12 @@ def grade_one(student: str, path: Path, chapters: Path, timeout: float, memory_g
         imports = chapter_imports(nb)
     if not expected:
         return [Row(student, chapter, "-", False, "no exercises found (is this a chapter with exercises?)")], "skipped"
+    if mode == "checks":
+        t0 = time.perf_counter()
+        rechecked = recheck(submitted, expected, imports, timeout, memory_gb, iso, hide, cpus)
+        status = f"checks run on the exercise cells alone (the notebook was not executed) in {time.perf_counter() - t0:.0f} s"
+        return [Row(student, chapter, ex.function, *rechecked.get(ex.function, (False, "the check did not run")))
+                for ex in expected], status
     t0 = time.perf_counter()
     executed, status = run_sandboxed(nb, timeout, memory_gb, iso, results, hide, cpus)
     status += f" in {time.perf_counter() - t0:.0f} s"
@@ -497,12 +528,15 @@ def _safe(name: str) -> str:
 
 
 def grade(submissions: Path, out: Path, chapters: Path, timeout: float = 300,
-          memory_gb: float = 8, log=print, results: Path | None = None, jobs: int = 1) -> list[Row]:
+          memory_gb: float = 8, log=print, results: Path | None = None, jobs: int = 1, mode: str = "checks") -> list[Row]:
     """Grade every submission against the instructor's ``chapters``; write results.csv, report.md
     and students/NAME.md into ``out``. ``results``: the figures folder the chapters read.
-    ``jobs``: submissions graded at once, each on its own share of the CPUs (``cpu_share``)."""
+    ``jobs``: submissions graded at once, each on its own share of the CPUs (``cpu_share``).
+    ``mode``: "checks" (the exercise cells and their checks only) or "notebook" (also run the notebook)."""
     if jobs < 1:
         raise ClassroomError(f"--jobs {jobs} must be at least 1")
+    if mode not in MODES:
+        raise ClassroomError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     found = find_submissions(submissions)
     if not found:
         raise ClassroomError(f"no .ipynb submissions in {submissions} (expected NAME.ipynb or NAME/*.ipynb)")
@@ -524,7 +558,7 @@ def grade(submissions: Path, out: Path, chapters: Path, timeout: float = 300,
         cpus = shares.get()  # a free share: never two sandboxes on the same CPUs
         try:
             new, status = grade_one(_safe(student), path, chapters, timeout, memory_gb, iso, out / "executed",
-                                    results, hide, cpus)
+                                    results, hide, cpus, mode)
         finally:
             shares.put(cpus)
         done[0] += 1

@@ -13,6 +13,7 @@ import ast
 import copy
 import importlib
 import pkgutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,12 @@ class ClassroomError(ValueError):
     """A chapter's exercises do not follow the convention; the message says where and what to fix."""
 
 
+# The first line of an exercise cell: "# Exercise 5.2 (3 points, about 30 minutes): one Muon step"
+HEADER = re.compile(r"^#\s*Exercise\s+(?P<number>[\w.]+)\s*\((?P<points>\d+)\s+points?,\s*about\s+"
+                    r"(?P<minutes>\d+)\s+minutes?\):\s*(?P<title>.+?)\s*$")
+THINK = "**Think further.**"  # a markdown cell that starts with it: the chapter's ungraded question
+
+
 @dataclass
 class Exercise:
     chapter: str         # notebook stem, e.g. "02_baseline_gpt2"
@@ -38,6 +45,10 @@ class Exercise:
     check: str           # e.g. "baseline.check_causal_attention"
     tests: str           # first line of the check's docstring
     solution_lines: int  # lines between the markers in the reference solution
+    number: str = ""     # from the cell's header line, e.g. "5.2"
+    title: str = ""      # what the student writes, e.g. "one Muon step"
+    points: int = 1
+    stated_minutes: int | None = None
 
     @property
     def grade_id(self) -> str:
@@ -49,8 +60,9 @@ class Exercise:
 
     @property
     def minutes(self) -> int:
-        """A rough time estimate for a student who has read the chapter (not measured with students)."""
-        return 5 * round((10 + 2 * self.solution_lines) / 5)
+        """The header's estimate, else 10 minutes plus 2 per line of the reference solution
+        (estimates for a student who has read the chapter, not measured with students)."""
+        return self.stated_minutes or 5 * round((10 + 2 * self.solution_lines) / 5)
 
 
 # ---- finding exercises ------------------------------------------------------------------------
@@ -121,8 +133,10 @@ def find_exercises(nb, chapter: str) -> list[Exercise]:
                                  f"from a nanogpt_core.classroom.checks module on {funcs[0].name}")
         qualname, fn = checks[called[0]]
         doc = (fn.__doc__ or "").strip().splitlines()
-        exercises.append(Exercise(chapter, funcs[0].name, i, j, qualname, doc[0] if doc else "",
-                                  end - begin - 1))
+        header = HEADER.match(lines[0].strip()) if lines else None
+        exercises.append(Exercise(chapter, funcs[0].name, i, j, qualname, doc[0] if doc else "", end - begin - 1,
+                                  *((header["number"], header["title"], int(header["points"]), int(header["minutes"]))
+                                    if header else ())))
     names = [e.function for e in exercises]
     if len(set(names)) != len(names):
         raise ClassroomError(f"{chapter}: two exercises define the same function ({names}); grade ids must be unique")
@@ -163,7 +177,7 @@ def mark_for_nbgrader(nb, exercises: list[Exercise]) -> None:
             "grade": False, "grade_id": ex.grade_id, "locked": False, "schema_version": 3,
             "solution": True, "task": False}
         nb.cells[ex.check_cell].metadata["nbgrader"] = {
-            "grade": True, "grade_id": ex.check_id, "locked": True, "points": 1, "schema_version": 3,
+            "grade": True, "grade_id": ex.check_id, "locked": True, "points": ex.points, "schema_version": 3,
             "solution": False, "task": False}
 
 
@@ -200,6 +214,46 @@ def make_student(nb, nb_path_stem: str, keep_solutions: bool = False):
     return nb
 
 
+def _visible_text(nb) -> str:
+    """Everything a reader of ``nb`` sees: cell sources and text outputs (HTML with its tags removed),
+    with runs of whitespace collapsed to one space."""
+    import html
+
+    parts = []
+    for cell in nb.cells:
+        parts.append(cell.source)
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            for mime, value in out.get("data", {}).items():
+                if mime.startswith("text/"):
+                    text = "".join(value) if isinstance(value, list) else str(value)
+                    parts.append(html.unescape(re.sub(r"<[^>]+>", "", text)) if mime == "text/html" else text)
+    return re.sub(r"\s+", " ", "\n".join(parts))
+
+
+def solution_lines(nb, ex: Exercise, shortest: int = 16) -> list[str]:
+    """The non-trivial lines of an exercise's reference solution: comments removed, whitespace
+    collapsed, and at least ``shortest`` characters long (``return out`` could be anyone's)."""
+    lines = nb.cells[ex.solution_cell].source.splitlines()
+    begin = next(n for n, line in enumerate(lines) if line.strip() == BEGIN)
+    end = next(n for n, line in enumerate(lines) if line.strip() == END and n > begin)
+    found = []
+    for line in lines[begin + 1:end]:
+        text = re.sub(r"\s+", " ", line.split("#", 1)[0] if "#" in line and "'" not in line and '"' not in line
+                      else line).strip()
+        if len(text) >= shortest:
+            found.append(text)
+    return found
+
+
+def leaked_solution_lines(nb, student, chapter: str) -> list[tuple[str, str]]:
+    """(exercise, line) for every non-trivial line of a reference solution that a reader of the
+    ``student`` version can see anywhere (another cell, an output, the prose)."""
+    visible = _visible_text(student)
+    return [(ex.function, line) for ex in find_exercises(nb, chapter) for line in solution_lines(nb, ex)
+            if line in visible]
+
+
 def chapter_paths(names: list[str] | None, chapters: Path) -> list[Path]:
     """The chapter notebooks named (paths, or names of notebooks in ``chapters``), or all of them."""
     if not names:
@@ -230,11 +284,18 @@ def write_student_versions(paths: list[Path], out: Path, keep_solutions: bool = 
     return counts
 
 
+def think_further(nb) -> list[str]:
+    """The chapter's ungraded questions: markdown cells that start with ``THINK``."""
+    return [c.source for c in nb.cells if c.cell_type == "markdown" and c.source.lstrip().startswith(THINK)]
+
+
 def exercise_table(paths: list[Path]) -> str:
-    """A Markdown table of every exercise: chapter, function, check, what it tests, time estimate."""
-    rows = ["| chapter | exercise | check | what the check tests | minutes (estimate) |",
-            "|---|---|---|---|---|"]
+    """A Markdown table of every exercise: chapter, number, what the student writes, points, minutes,
+    the check and what it tests."""
+    rows = ["| chapter | exercise | the student writes | points | minutes (estimate) | check: what it tests |",
+            "|---|---|---|---|---|---|"]
     for path in paths:
         for ex in find_exercises(nbformat.read(path, as_version=4), path.stem):
-            rows.append(f"| {ex.chapter} | `{ex.function}` | `{ex.check}` | {ex.tests} | {ex.minutes} |")
+            rows.append(f"| {ex.chapter} | {ex.number or '-'} `{ex.function}` | {ex.title or '-'} | {ex.points} | "
+                        f"{ex.minutes} | `{ex.check}`: {ex.tests} |")
     return "\n".join(rows)

@@ -4,7 +4,9 @@ At toy scale (``run_bench``, on a CPU), on the machine at hand:
 - ``stage_speeds``: trains each variant through ``train.train`` (the loop the chapters use)
   for ``warmup + steps`` steps and reports tokens/s over the steps after the warm-up, with the
   first step's time (compilation) reported apart; the variants take turns over a few rounds
-  and each reports its median round, because this machine's speed drifts by ~15% over minutes.
+  (A B C, A B C, A B C) and each reports its median round and the mean ± std over rounds,
+  because a shared machine's speed drifts by ~15% over minutes. Every ratio between two
+  variants is also taken round by round (the two ran a minute apart), with its mean ± std.
 - ``attention_scaling``: naive vs SDPA attention, forward + backward time and the activation
   memory each keeps for the backward pass, for growing sequence length T.
 - and the evidence behind the CPU's compiled attention rule and the 2x ceiling: the
@@ -28,7 +30,7 @@ import torch.utils.benchmark as benchmark
 
 from ..attention import fa3_attention, load_fa3, naive_attention, sdpa_attention
 from ..config import stage_config
-from .results import save_result
+from .results import save_result, spread
 
 # name -> (stage, overrides). The middle four separate what compile and bf16 each give.
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -67,7 +69,8 @@ def stage_speeds(
     """Train each variant ``warmup + steps`` steps, ``rounds`` times; tokens/s over the timed steps.
 
     The rounds interleave the variants (A B C, A B C, ...) and each variant reports its median
-    round, so a slow minute on a shared machine lands on every variant instead of on one ratio.
+    round (``tokens_per_second``) and the spread over rounds (``spread``: mean, std, min, max), so
+    a slow minute on a shared machine lands on every variant instead of on one ratio.
     """
     from ..data import toy_data
     from ..train import train
@@ -90,6 +93,7 @@ def stage_speeds(
             })
             row["rounds"].append(tps)
             row["tokens_per_second"] = statistics.median(row["rounds"])
+            row["spread"] = spread(row["rounds"])  # mean, std, min, max over the rounds so far
             print(f"round {round_ + 1}/{rounds}  {name:<28} {tps:>9,.0f} tok/s   first step {r.step_seconds[0]:6.1f} s",
                   flush=True)
     return list(rows.values())
@@ -292,22 +296,28 @@ def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, ro
 
     load_before = os.getloadavg()[0]  # other processes on the machine slow every figure down
     print(f"# stage speeds at toy scale ({warmup} warm-up steps excluded, then {steps} timed steps; "
-          f"{rounds} interleaved rounds, median reported)")
+          f"{rounds} interleaved rounds, mean ± std over rounds)")
     runs = stage_speeds(steps=steps, warmup=warmup, rounds=rounds)
     for r in runs:
-        print(f"{r['variant']:<28} {r['tokens_per_second']:>9,.0f} tok/s   (rounds: "
+        sp = r["spread"]
+        print(f"{r['variant']:<28} {sp['mean']:>9,.0f} ± {sp['std']:,.0f} tok/s   (rounds: "
               + ", ".join(f"{x:,.0f}" for x in r["rounds"]) + ")")
-    tps = {r["variant"]: r["tokens_per_second"] for r in runs}
-    ratios = {
-        "flash-attention / gpt2": tps["flash-attention"] / tps["gpt2"],
-        "compile / flash-attention": tps["compile"] / tps["flash-attention"],
-        "compile / gpt2": tps["compile"] / tps["gpt2"],
-        "compile / compile with fused SDPA": tps["compile"] / tps["compile, fused SDPA kept"],
-    }
     by_name = {r["variant"]: r["rounds"] for r in runs}
-    ratios["compile / gpt2, each round"] = [c / g for c, g in zip(by_name["compile"], by_name["gpt2"])]
-    for k, v in ratios.items():
-        print(f"{k:<34} " + (f"{v:5.2f}x" if isinstance(v, float) else ", ".join(f"{x:.2f}x" for x in v)))
+    tps = {r["variant"]: r["tokens_per_second"] for r in runs}
+    pairs = {
+        "flash-attention / gpt2": ("flash-attention", "gpt2"),
+        "flash-attention + bf16 / flash-attention": ("flash-attention + bf16", "flash-attention"),
+        "flash-attention + compile / flash-attention": ("flash-attention + compile", "flash-attention"),
+        "compile / flash-attention": ("compile", "flash-attention"),
+        "compile / gpt2": ("compile", "gpt2"),
+        "compile / compile with fused SDPA": ("compile", "compile, fused SDPA kept"),
+    }
+    ratios = {name: tps[a] / tps[b] for name, (a, b) in pairs.items()}  # of the median rounds
+    each_round = {name: [x / y for x, y in zip(by_name[a], by_name[b])] for name, (a, b) in pairs.items()}
+    ratio_spread = {name: spread(v) for name, v in each_round.items()}
+    for name, sp in ratio_spread.items():
+        print(f"{name:<44} {sp['mean']:5.2f}x ± {sp['std']:.2f}   (rounds: "
+              + ", ".join(f"{x:.2f}x" for x in each_round[name]) + ")")
     print("# attention: naive vs SDPA, forward + backward, B=1, H=4, D=64")
     attn = attention_scaling()
     for r in attn:
@@ -329,7 +339,8 @@ def run_bench(steps: int = 10, warmup: int = 2, json_path: str | None = None, ro
     result = {
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-min load, start and end
         "cpu_count": os.cpu_count(),
-        "runs": runs, "ratios": ratios, "attention": attn, "attention_compiled_bf16": crossover,
+        "rounds": rounds, "runs": runs, "ratios": ratios, "ratios_each_round": each_round, "ratio_spread": ratio_spread,
+        "attention": attn, "attention_compiled_bf16": crossover,
         "step_profiles": profiles, "matmul_gflops": peak,
     }
     return _saved(result, json_path, "python -m nanogpt_core bench" + (f" --json {json_path}" if json_path else ""))

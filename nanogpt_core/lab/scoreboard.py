@@ -4,7 +4,7 @@ Protocol (the fair one for a speedrun): every stage gets the same training wall-
 S seconds. A short calibration run measures the stage's seconds per step, and the real
 run is given ``steps = S / step_seconds`` so that its LR schedule spans the budget. Then:
 
-    target        the baseline's (stage gpt2) final val bpb
+    target        the baseline's (stage gpt2) final val bpb, with the same seed
     time to target  the first training time t at which the stage's val bpb <= target,
                   linearly interpolated between evaluations, plus its compile/warm-up time
     speedup       (baseline's training time + compile time) / the stage's time to target
@@ -12,7 +12,10 @@ run is given ``steps = S / step_seconds`` so that its LR schedule spans the budg
 Evaluation time is excluded from every clock; compilation is included. A stage that never
 reaches the target in its budget has no speedup (None).
 
-    python -m nanogpt_core speedrun --scale toy --seconds 300 --out book/results/speedrun_scoreboard
+Every stage is run with each seed (interleaved by seed); the table gives mean ± std over seeds and
+speedups to 2 significant figures, since one run's 4th digit is noise.
+
+    python -m nanogpt_core speedrun --scale toy --seconds 60 --seeds 0 1 2 --out book/results/speedrun_scoreboard
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import json
 from pathlib import Path
 
 from ..config import STAGES, stage_config
-from .results import save_result
+from .results import save_result, significant, spread
 
 
 def crossing(val: list[dict], target: float, key: str) -> float | None:
@@ -36,27 +39,43 @@ def crossing(val: list[dict], target: float, key: str) -> float | None:
     return val[0][key] if val and val[0]["bpb"] <= target else None
 
 
-def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_steps: int = 4, **overrides) -> dict:
-    """Train ``stage`` for about ``seconds`` of training time; returns its RunResult as a dict."""
+def early_steps(steps: int) -> tuple[int, ...]:
+    """Evaluation steps on a log scale (1, 2, 3, 4, 6, 8, 11, 16, ...) below ``steps``: a stage that
+    reaches the target within a few steps is then timed between two evaluations, not from step 0."""
+    out, x = [], 1.0
+    while round(x) < steps:
+        out.append(round(x))
+        x *= 1.4
+    return tuple(sorted(set(out)))
+
+
+def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_steps: int = 4, seed: int | None = None,
+              evals: int = 12, **overrides) -> dict:
+    """Train ``stage`` for about ``seconds`` of training time; returns its RunResult as a dict.
+
+    Evaluations: ``evals`` evenly spaced, plus log-spaced early ones (``early_steps``)."""
     from ..train import train
 
+    if seed is not None:
+        overrides = {**overrides, "seed": seed}
     probe = stage_config(stage, scale, **{**overrides, "steps": calibration_steps, "eval_every": 0,
                                           "eval_tokens": min(4096, overrides.get("eval_tokens", 4096))})
     _, calib = train(probe, data, progress=False)
     step_seconds = calib.wall_seconds / max(1, calib.steps - 1)  # the first step (compile) is timed apart
     steps = max(calibration_steps, int(seconds / step_seconds))
     warmup = stage_config(stage, scale).train.warmup_steps
-    cfg = stage_config(stage, scale, **{**overrides, "steps": steps, "eval_every": max(1, steps // 10),
-                                        "warmup_steps": min(warmup, steps // 10)})
+    cfg = stage_config(stage, scale, **{**overrides, "steps": steps, "eval_every": max(1, steps // evals),
+                                        "eval_steps": early_steps(steps), "warmup_steps": min(warmup, steps // 10)})
     _, result = train(cfg, data, progress=False)
     out = {k: getattr(result, k) for k in ("stage", "steps", "tokens", "wall_seconds", "tokens_per_second",
                                           "final_val_bpb", "val", "hardware", "torch_version")}
     out["compile_seconds"] = getattr(result, "compile_seconds", 0.0)
+    out["seed"] = cfg.train.seed
     return out
 
 
 def scoreboard(runs: list[dict]) -> list[dict]:
-    """The table: each stage against the first run (the baseline)."""
+    """The table of one seed: each stage against the first run (the baseline)."""
     base = runs[0]
     target = base["final_val_bpb"]
     base_time = base["wall_seconds"] + base["compile_seconds"]
@@ -66,7 +85,7 @@ def scoreboard(runs: list[dict]) -> list[dict]:
         s = crossing(run["val"], target, "step")
         to_target = None if t is None else t + run["compile_seconds"]
         rows.append(dict(
-            stage=run["stage"], tokens_per_second=run["tokens_per_second"], steps=run["steps"],
+            stage=run["stage"], seed=run.get("seed"), tokens_per_second=run["tokens_per_second"], steps=run["steps"],
             final_val_bpb=run["final_val_bpb"], seconds_to_target=to_target, steps_to_target=s,
             compile_seconds=run["compile_seconds"],
             speedup=None if to_target is None else base_time / max(to_target, 1e-9),
@@ -74,35 +93,59 @@ def scoreboard(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict], target: float) -> str:
-    lines = [f"target: the gpt2 baseline's final val bpb = {target:.4f}",
-             f"{'stage':<18}{'tok/s':>9}{'steps':>7}{'final bpb':>11}{'steps->tgt':>12}{'s->tgt':>9}{'speedup':>9}"]
-    for r in rows:
-        def f(v, fmt):
-            return "-" if v is None else format(v, fmt)
-        lines.append(f"{r['stage']:<18}{r['tokens_per_second']:>9,.0f}{r['steps']:>7}{r['final_val_bpb']:>11.4f}"
-                     f"{f(r['steps_to_target'], '.0f'):>12}{f(r['seconds_to_target'], '.1f'):>9}"
-                     f"{f(r['speedup'], '.2f'):>9}")
+def summarize(rows_by_seed: list[list[dict]]) -> list[dict]:
+    """Per stage over seeds: tok/s, final bpb and speedup as mean and spread (a seed that never reaches
+    its baseline's final bpb counts in ``reached``, not in the speedup's mean)."""
+    out = []
+    for i, first in enumerate(rows_by_seed[0]):
+        rows = [seed_rows[i] for seed_rows in rows_by_seed]
+        speedups = [r["speedup"] for r in rows if r["speedup"] is not None]
+        out.append(dict(stage=first["stage"], seeds=len(rows), reached=len(speedups),
+                        tokens_per_second=spread([r["tokens_per_second"] for r in rows]),
+                        final_val_bpb=spread([r["final_val_bpb"] for r in rows]),
+                        speedup=spread(speedups) if speedups else None))
+    return out
+
+
+def format_table(summary: list[dict], targets: list[float]) -> str:
+    """Mean ± std over seeds; speedups to 2 significant figures."""
+    lines = [f"target per seed: that seed's gpt2 final val bpb ({', '.join(f'{t:.3f}' for t in targets)})",
+             f"{'stage':<18}{'tok/s':>14}{'final val bpb':>18}{'reached':>9}{'speedup':>16}"]
+    for r in summary:
+        tok, bpb, sp = r["tokens_per_second"], r["final_val_bpb"], r["speedup"]
+        speed = "-" if sp is None else f"{significant(sp['mean'])} ± {significant(sp['std'], 1)}"
+        lines.append(f"{r['stage']:<18}{tok['mean']:>8,.0f} ± {significant(tok['std'], 1):<4}"
+                     f"{bpb['mean']:>10.3f} ± {bpb['std']:.3f}{r['reached']:>6}/{r['seeds']}{speed:>16}")
     return "\n".join(lines)
 
 
-def plot(runs: list[dict], rows: list[dict], path: str | Path | None = None):
-    """Val bpb against training seconds for every stage, and the speedups; saved to ``path`` if given."""
+def plot(board: dict, path: str | Path | None = None):
+    """Val bpb against training seconds for every stage (seed 0 bold, the others thin), and the
+    speedups with their seed spread; saved to ``path`` if given."""
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), dpi=90)
-    target = runs[0]["final_val_bpb"]
-    for run in runs:
-        ax.plot([v["seconds"] + run["compile_seconds"] for v in run["val"]], [v["bpb"] for v in run["val"]],
-                marker=".", label=run["stage"])
-    ax.axhline(target, color="k", ls="--", lw=1, label="gpt2's final bpb")
-    ax.set(xlabel="training seconds (incl. compile, excl. eval)", ylabel="val bits per byte", title="the ladder, equal time")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    stages = [r["stage"] for r in board["summary"]]
+    for k, runs in enumerate(board["runs_by_seed"]):
+        for i, run in enumerate(runs):
+            ax.plot([v["seconds"] + run["compile_seconds"] for v in run["val"]], [v["bpb"] for v in run["val"]],
+                    color=colors[i % len(colors)], lw=1.5 if k == 0 else 0.6, alpha=1.0 if k == 0 else 0.6,
+                    marker="." if k == 0 else None, label=run["stage"] if k == 0 else None)
+    for t in board["targets"]:
+        ax.axhline(t, color="k", ls="--", lw=0.7)
+    ax.set(xlabel="training seconds (incl. compile, excl. eval)", ylabel="val bits per byte",
+           title="the ladder, equal time (dashed: each seed's gpt2 final bpb)")
     ax.legend(fontsize=7)
-    speed = [r["speedup"] or 0.0 for r in rows]
-    bx.barh([r["stage"] for r in rows], speed, color="tab:green")
+    means = [r["speedup"]["mean"] if r["speedup"] else 0.0 for r in board["summary"]]
+    stds = [r["speedup"]["std"] if r["speedup"] else 0.0 for r in board["summary"]]
+    bx.barh(stages, means, xerr=stds, color="tab:green", capsize=3)
+    for k, rows in enumerate(board["rows_by_seed"]):
+        bx.plot([r["speedup"] or 0.0 for r in rows], stages, "k.", ms=4, label="one seed" if k == 0 else None)
     bx.axvline(1.0, color="k", lw=1)
     bx.invert_yaxis()
-    bx.set(xlabel="speedup to the baseline's final bpb (x)", title="time to gpt2's final val bpb")
+    bx.legend(fontsize=7)
+    bx.set(xlabel="speedup to the baseline's final bpb (x; bar: mean ± std)", title="time to gpt2's final val bpb")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path)
@@ -110,30 +153,55 @@ def plot(runs: list[dict], rows: list[dict], path: str | Path | None = None):
 
 
 def run_scoreboard(scale: str = "toy", seconds: float = 300.0, stages: list[str] | None = None, data=None,
-                   **overrides) -> dict:
-    """Run the ladder (every stage, or ``stages``; gpt2 first, as the baseline) and score it."""
-    stages = stages or list(STAGES)
-    if stages[0] != "gpt2":
-        stages = ["gpt2", *[s for s in stages if s != "gpt2"]]
-    runs = []
-    for stage in stages:
-        print(f"[speedrun] {stage}: {seconds:g} s of training ...", flush=True)
-        runs.append(run_stage(stage, scale, seconds, data, **overrides))
-    rows = scoreboard(runs)
+                   seeds=(0,), cache: str | Path | None = None, **overrides) -> dict:
+    """Run the ladder (every stage, or ``stages``; gpt2 first, as the baseline) for each seed and score it.
+
+    Runs are interleaved by seed (every stage of seed 0, then of seed 1, ...), so a slow spell of the
+    machine lands on every stage alike. ``cache``: a JSON-lines file of finished runs, reused when the
+    same stage, seed, scale and budget come again (a long scoreboard can be run in pieces)."""
+    stages = ["gpt2", *[s for s in dict.fromkeys(stages or STAGES) if s != "gpt2"]]
+    done = {}
+    if cache and Path(cache).exists():
+        for line in Path(cache).read_text().splitlines():
+            run = json.loads(line)
+            done[(run["stage"], run["seed"], run["scale"], run["seconds_per_stage"])] = run
+    runs_by_seed = []
+    for seed in seeds:
+        runs = []
+        for stage in stages:
+            key = (stage, seed, scale, seconds)
+            if key not in done:
+                print(f"[speedrun] seed {seed}, {stage}: {seconds:g} s of training ...", flush=True)
+                done[key] = {**run_stage(stage, scale, seconds, data, seed=seed, **overrides),
+                             "scale": scale, "seconds_per_stage": seconds}
+                if cache:
+                    with open(cache, "a") as f:
+                        f.write(json.dumps(done[key]) + "\n")
+            runs.append(done[key])
+        runs_by_seed.append(runs)
+    rows_by_seed = [scoreboard(runs) for runs in runs_by_seed]
     return dict(
-        protocol="equal training wall-time budget per stage; speedup = baseline time / time to the baseline's "
-                 "final val bpb (compile included, evaluation excluded)",
-        scale=scale, seconds_per_stage=seconds, hardware=runs[0]["hardware"], target_bpb=runs[0]["final_val_bpb"], rows=rows, runs=runs,
+        protocol="equal training wall-time budget per stage; speedup = the seed's baseline time / time to that "
+                 "baseline's final val bpb (compile included, evaluation excluded); mean ± std over seeds",
+        scale=scale, seconds_per_stage=seconds, seeds=list(seeds), hardware=runs_by_seed[0][0]["hardware"],
+        targets=[runs[0]["final_val_bpb"] for runs in runs_by_seed], summary=summarize(rows_by_seed),
+        rows_by_seed=rows_by_seed, runs_by_seed=runs_by_seed,
     )
 
 
+def command(args) -> str:
+    return (f"python -m nanogpt_core speedrun --scale {args.scale} --seconds {args.seconds:g} "
+            f"--seeds {' '.join(map(str, args.seeds))}")
+
+
 def main_cli(args: argparse.Namespace) -> int:
-    board = run_scoreboard(args.scale, args.seconds, args.stages)
-    print(format_table(board["rows"], board["target_bpb"]))
-    print(f"hardware: {board['hardware']}; {board['seconds_per_stage']:g} s per stage")
+    board = run_scoreboard(args.scale, args.seconds, args.stages, seeds=args.seeds, cache=args.cache,
+                           eval_tokens=args.eval_tokens)
+    print(format_table(board["summary"], board["targets"]))
+    print(f"hardware: {board['hardware']}; {board['seconds_per_stage']:g} s per stage; seeds {board['seeds']}")
     out = Path(args.out)
-    board = save_result(board, out.with_suffix(".json"), f"python -m nanogpt_core speedrun --scale {args.scale} --seconds {args.seconds:g}")
-    plot(board["runs"], board["rows"], out.with_suffix(".png"))
+    board = save_result(board, out.with_suffix(".json"), command(args), seeds=args.seeds)
+    plot(board, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
 
@@ -142,8 +210,7 @@ def show_committed(path: str | Path) -> dict:
     """Print and plot a saved scoreboard (e.g. the book's ``book/results/speedrun_scoreboard.json``)
     with where and how it was measured."""
     board = json.loads(Path(path).read_text())
-    print(f"measured by `python -m nanogpt_core speedrun --scale {board['scale']} --seconds {board['seconds_per_stage']:g}` "
-          f"on {board['hardware']}, {board['date']}, torch {board['torch_version']}")
-    print(format_table(board["rows"], board["target_bpb"]))
-    plot(board["runs"], board["rows"])
+    print(f"measured by `{board['command']}` on {board['hardware']}, {board['date']}, torch {board['torch_version']}")
+    print(format_table(board["summary"], board["targets"]))
+    plot(board)
     return board
