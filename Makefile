@@ -53,7 +53,8 @@ LATEST_CHAPTER ?= chapters/01_tokens_and_bits.ipynb
 LATEST_DESELECT ?= --deselect tests/test_classroom.py::test_grader_survives_loops_deletes_and_memory_hogs \
 	--deselect tests/test_classroom.py::test_grader_stops_an_infinite_loop_and_keeps_the_checks_that_ran \
 	--deselect tests/test_grader_attacks.py::test_patching_or_shadowing_a_check_does_not_pass_a_wrong_answer \
-	--deselect tests/test_grader_attacks.py::test_a_submission_cannot_read_the_solutions
+	--deselect tests/test_grader_attacks.py::test_a_submission_cannot_read_the_solutions \
+	--deselect tests/test_grader_attacks.py::test_checks_mode_grades_the_exercise_cells_alone_and_contains_hostile_answers
 
 $(LATEST_VENV)/.installed: pyproject.toml
 	@$(PYTHON_LATEST) -c 'import sys; assert (3, 12) <= sys.version_info < (3, 14)' 2>/dev/null \

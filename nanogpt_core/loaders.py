@@ -166,6 +166,27 @@ class PackingStats:
                 "pad_fraction": self.pad_fraction}
 
 
+class FiniteStream:
+    """A finite list of document lengths feeding a buffer: ``refill()`` tops it up to ``want``
+    documents (1 for the greedy policies, the buffer size for BestFit-Crop) until the lengths
+    run out, after which ``exhausted`` is True and the buffer only drains."""
+
+    def __init__(self, lengths: Iterable[int], policy: str, buffer_size: int):
+        self.buffer, self.exhausted = DocBuffer(), False
+        self.want = buffer_size if policy == "bestfit" else 1
+        self._it, self._counter = iter(lengths), itertools.count()
+
+    def refill(self) -> None:
+        while len(self.buffer) < self.want and not self.exhausted:
+            length = next(self._it, None)
+            if length is None:
+                self.exhausted = True
+            elif length < 1:
+                raise ValueError(f"document lengths must be >= 1, got {length}")
+            else:
+                self.buffer.push(Doc(next(self._counter), int(length)))
+
+
 def simulate_packing(lengths: Iterable[int], seq_len: int, policy: str = "bestfit", buffer_size: int = 1000,
                      rows: int | None = None) -> tuple[PackingStats, list[list[tuple[int, int]]]]:
     """Pack documents of the given lengths (no tokens) into rows of ``seq_len + 1``.
@@ -175,26 +196,13 @@ def simulate_packing(lengths: Iterable[int], seq_len: int, policy: str = "bestfi
     (the last row may end in padding). Returns the stats and the layout: per row, (ordinal, taken).
     """
     _check_args(1, seq_len, policy, buffer_size)
-    capacity, it, counter = seq_len + 1, iter(lengths), itertools.count()
-    buffer, stats, layout = DocBuffer(), PackingStats(), []
-    want, exhausted = (buffer_size if policy == "bestfit" else 1), False
-
-    def refill():
-        nonlocal exhausted
-        while len(buffer) < want and not exhausted:
-            length = next(it, None)
-            if length is None:
-                exhausted = True
-            elif length < 1:
-                raise ValueError(f"document lengths must be >= 1, got {length}")
-            else:
-                buffer.push(Doc(next(counter), int(length)))
-
+    capacity, stream = seq_len + 1, FiniteStream(lengths, policy, buffer_size)
+    stats, layout = PackingStats(), []
     while rows is None or stats.rows < rows:
-        refill()
-        if not buffer:
+        stream.refill()
+        if not stream.buffer:
             break
-        pieces, pad = fill_row(buffer, capacity, policy, refill)
+        pieces, pad = fill_row(stream.buffer, capacity, policy, stream.refill)
         stats.add_row(pieces, pad, capacity)
         layout.append([(doc.ordinal, take) for doc, take in pieces])
     return stats, layout
@@ -498,28 +506,18 @@ def pack_to_the_end(lengths: Iterable[int], seq_len: int, policy: str = "bestfit
     after the stream ran out), ``docs_used`` (documents taken out of the buffer after each row) and
     ``long_share`` (the share of the buffer longer than a row, before each row).
     """
-    capacity, it, counter = seq_len + 1, iter(lengths), itertools.count()
-    buffer, want, exhausted = DocBuffer(), (buffer_size if policy == "bestfit" else 1), False
+    capacity, stream = seq_len + 1, FiniteStream(lengths, policy, buffer_size)
+    buffer = stream.buffer
     rows, docs_used, long_share, drain_start, used = [], [], [], None, 0
-
-    def refill():
-        nonlocal exhausted
-        while len(buffer) < want and not exhausted:
-            n = next(it, None)
-            if n is None:
-                exhausted = True
-            else:
-                buffer.push(Doc(next(counter), int(n)))
-
     while True:
-        refill()
+        stream.refill()
         if not buffer:
             break
-        if exhausted and drain_start is None:
+        if stream.exhausted and drain_start is None:
             drain_start = len(rows)
         fitting = bisect.bisect(buffer.keys, (capacity, math.inf))  # the buffer is sorted by length
         long_share.append((len(buffer) - fitting) / len(buffer))
-        pieces, _ = fill_row(buffer, capacity, policy, refill)
+        pieces, _ = fill_row(buffer, capacity, policy, stream.refill)
         used += len(pieces)
         rows.append([(doc.length, take) for doc, take in pieces])
         docs_used.append(used)
