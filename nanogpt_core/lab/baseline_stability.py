@@ -44,7 +44,7 @@ from ..model import GPT
 from ..optim import build_optimizer
 from ..schedules import lr_multiplier, set_lr
 from ..train import build_loader, train
-from .results import paired_difference, save_result, spread
+from .results import describe_difference, paired_difference, save_result, spread
 
 DEFAULT_SEEDS = (1337, 1338, 1339)
 DEFAULT_LRS = (3e-4, 6e-4, 1e-3)
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lr {lr:>6}: {s['stable_seeds']}/{f['n']} seeds stable, {s['spikes']} spikes, largest rise "
               f"{s['max_rise']:+.2f} nats; final val {f['mean']:.4f} ± {f['std']:.4f} bpb")
     for name, d in result["summary"]["paired"].items():
-        print(f"{name}: {d['mean']:+.4f} bpb (seed range {d['min']:+.4f} .. {d['max']:+.4f}): {d['verdict']}")
+        print(describe_difference(name, d))
     print(f"total {result['total_seconds']:.0f} s on {result['hardware']}")
     return 0
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from ..config import STAGES, stage_config
-from .results import paired_difference, save_result, spread
+from .results import describe_difference, paired_difference, save_result, spread
 
 DEFAULT_SEEDS = (1337, 1338, 1339)
 ARMS = ("adamw", "muon-only", "muon-stage")
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({'inside' if t['bracketed'] else 'AT AN EDGE of'} the grid); final val {finals['mean']:.4f} "
               f"± {finals['std']:.4f} bpb over {finals['n']} seeds")
     for name, d in result["summary"]["paired"].items():
-        print(f"{name}: {d['mean']:+.4f} bpb (seed range {d['min']:+.4f} .. {d['max']:+.4f}): {d['verdict']}")
+        print(describe_difference(name, d))
     print(f"total {result['total_seconds']:.0f} s on {result['hardware']}")
     return 0
 

@@ -25,12 +25,10 @@ in one sitting.
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -38,10 +36,8 @@ import torch
 from ..loaders import (
     POLICIES,
     Doc,
-    DocBuffer,
     DocumentLoader,
     PackingStats,
-    fill_row,
     pack_to_the_end,
     simulate_packing,
 )

@@ -70,3 +70,8 @@ def paired_difference(a, b) -> dict:
     s = spread(diffs)
     verdict = "noise" if s["min"] <= 0.0 <= s["max"] else ("b lower" if s["max"] < 0 else "b higher")
     return {**s, "diffs": diffs, "verdict": verdict}
+
+
+def describe_difference(name: str, d: dict, unit: str = "bpb") -> str:
+    """One line for a ``paired_difference``: its mean, its seed range and the verdict."""
+    return f"{name}: {d['mean']:+.4f} {unit} (seed range {d['min']:+.4f} .. {d['max']:+.4f}): {d['verdict']}"

@@ -66,6 +66,19 @@ def compare_values(got, expected, where: str, **tol) -> None:
         raise CheckFailed(f"{where}: got {got!r:.60}, which is not the expected value")
 
 
+def call_student(student: Callable, name: str, where: str, *args, **kwargs):
+    """The student's result; CheckFailed "not implemented yet" for the stub, and CheckFailed naming
+    ``where`` for any other exception the student's code raises."""
+    try:
+        return student(*args, **kwargs)
+    except NotImplementedError:
+        raise CheckFailed(f"{name}: not implemented yet (the function still raises NotImplementedError)") from None
+    except CheckFailed:
+        raise
+    except Exception as err:
+        raise CheckFailed(f"{where}: raised {type(err).__name__}: {err}") from err
+
+
 def check_function(
     student: Callable, reference: Callable, cases: Sequence[Case], name: str, **tol
 ) -> bool:
@@ -73,14 +86,7 @@ def check_function(
     for case in cases:
         kwargs = case.kwargs or {}
         expected = reference(*_clone(case.args), **kwargs)
-        try:
-            got = student(*_clone(case.args), **kwargs)
-        except NotImplementedError:
-            raise CheckFailed(f"{name}: not implemented yet (the function still raises NotImplementedError)") from None
-        except CheckFailed:
-            raise
-        except Exception as err:
-            raise CheckFailed(f"{name}, case '{case.name}': raised {type(err).__name__}: {err}") from err
+        got = call_student(student, name, f"{name}, case '{case.name}'", *_clone(case.args), **kwargs)
         compare_values(got, expected, f"{name}, case '{case.name}'", **tol)
     print(f"✓ {name}: all {len(cases)} cases match the reference")
     return True

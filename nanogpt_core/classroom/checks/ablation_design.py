@@ -23,7 +23,7 @@ import statistics
 import torch
 
 from ...config import STAGES, Config
-from . import Case, CheckFailed, check_function
+from . import Case, CheckFailed, call_student, check_function
 
 # ---- Exercise 10.1: half-truncated RoPE tables ------------------------------------------------------
 
@@ -226,14 +226,7 @@ def check_ablation(student) -> bool:
     scenarios = {"a run where the switch clearly matters": StandInRun(effect=random.choice([-0.1, 0.1]), seed=seed),
                  "a run where the seeds disagree": StandInRun(tie=0.02, seed=seed + 1)}
     for scenario, runner in scenarios.items():
-        try:
-            out = student(runner)
-        except NotImplementedError:
-            raise CheckFailed("ablation: not implemented yet (the function still raises NotImplementedError)") from None
-        except CheckFailed:
-            raise
-        except Exception as err:
-            raise CheckFailed(f"ablation ({scenario}): raised {type(err).__name__}: {err}") from err
+        out = call_student(student, "ablation", f"ablation ({scenario})", runner)
         _validate(out, runner, scenario)
     fb, fv = _fields(out["baseline"]), _fields(out["variant"])
     field = next(k for k in fb if fb[k] != fv[k]).split(".", 1)[1]

@@ -20,7 +20,7 @@ import random
 import torch
 
 from ...attention import sliding_window_mask
-from . import Case, CheckFailed, check_function, compare_values
+from . import Case, CheckFailed, call_student, check_function, compare_values
 
 
 def check_sliding_window_mask(student) -> bool:
@@ -157,14 +157,8 @@ def check_online_softmax_update(student) -> bool:
         for b, size in enumerate(sizes, 1):
             end = start + size
             where = f"online softmax, case '{name}', after block {b} of {len(sizes)} (keys {start}..{end - 1})"
-            try:
-                got = student(tuple(t.clone() for t in state), scores[:, start:end].clone(), v[start:end].clone())
-            except NotImplementedError:
-                raise CheckFailed("online softmax: not implemented yet (the function still raises NotImplementedError)") from None
-            except CheckFailed:
-                raise
-            except Exception as err:
-                raise CheckFailed(f"{where}: raised {type(err).__name__}: {err}") from err
+            got = call_student(student, "online softmax", where, tuple(t.clone() for t in state),
+                               scores[:, start:end].clone(), v[start:end].clone())
             state = _as_state(got, where, R, D)
             expected = prefix_state(scores[:, :end], v[:end])
             for label, got_t, exp_t in zip(("m", "l", "acc"), state, expected):

@@ -23,7 +23,7 @@ from ...config import ModelConfig, TrainConfig
 from ...model import GPT
 from ...optim import build_optimizer
 from ...train import train_step
-from . import Case, CheckFailed, check_function
+from . import Case, CheckFailed, call_student, check_function
 
 
 def check_causal_attention(student) -> bool:
@@ -111,14 +111,7 @@ def check_train_step(student) -> bool:
             y = torch.randint(0, mcfg.vocab_size, (4, mcfg.seq_len), generator=g)
             expected = train_step(reference, reference, ref_opt, [(x, y)], step, t).item()
             where = f"{name}, case '{what}', step {step}"
-            try:
-                got = student(mine, my_opt, x.clone(), y.clone(), step, t)
-            except NotImplementedError:
-                raise CheckFailed(f"{name}: not implemented yet (the function still raises NotImplementedError)") from None
-            except CheckFailed:
-                raise
-            except Exception as err:
-                raise CheckFailed(f"{where}: raised {type(err).__name__}: {err}") from err
+            got = call_student(student, name, where, mine, my_opt, x.clone(), y.clone(), step, t)
             _compare_step(where, step, got, expected, mine, reference, my_opt, ref_opt)
     print(f"✓ {name}: loss, learning rates and parameters match the package's train_step after every step "
           f"of all {len(cases)} runs")

@@ -27,7 +27,7 @@ import torch
 
 from ...config import STAGES, stage_config
 from ...plan import memory_per_gpu, meta_model
-from . import Case, CheckFailed, check_function
+from . import Case, CheckFailed, call_student, check_function
 
 # ---- Exercise 9.1: tokens and steps ----------------------------------------------------------------
 
@@ -90,12 +90,7 @@ def check_memory_estimate(student) -> bool:
     for name, model, micro, world, optimizer in cases:
         where = f"memory_estimate, case '{name}' (micro_batch={micro}, world_size={world}, optimizer={optimizer!r})"
         expected = memory_per_gpu(model, micro, world, optimizer)
-        try:
-            got = student(model, micro, world, optimizer)
-        except NotImplementedError:
-            raise CheckFailed("memory_estimate: not implemented yet (the function still raises NotImplementedError)") from None
-        except Exception as err:
-            raise CheckFailed(f"{where}: raised {type(err).__name__}: {err}") from err
+        got = call_student(student, "memory_estimate", where, model, micro, world, optimizer)
         if not isinstance(got, dict) or set(got) != set(MEMORY_PARTS):
             keys = sorted(got) if isinstance(got, dict) else type(got).__name__
             raise CheckFailed(f"{where}: return a dict with exactly the keys {list(MEMORY_PARTS)}, got {keys}")

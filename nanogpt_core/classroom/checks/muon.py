@@ -23,7 +23,7 @@ import torch
 
 from ... import muon as _muon
 from ...muon import Muon, cautious_weight_decay, normuon_normalize, orthogonalize
-from . import Case, CheckFailed, check_function, compare_values
+from . import Case, CheckFailed, call_student, check_function, compare_values
 
 
 def _gen() -> torch.Generator:
@@ -32,14 +32,7 @@ def _gen() -> torch.Generator:
 
 def _call(student, name: str, where: str, *args):
     """The student's result; CheckFailed for NotImplementedError or any other exception."""
-    try:
-        return student(*args)
-    except NotImplementedError:
-        raise CheckFailed(f"{name}: not implemented yet (the function still raises NotImplementedError)") from None
-    except CheckFailed:
-        raise
-    except Exception as err:
-        raise CheckFailed(f"{name}, {where}: raised {type(err).__name__}: {err}") from err
+    return call_student(student, name, f"{name}, {where}", *args)
 
 
 def _with_spectrum(m: int, n: int, g: torch.Generator, low: float = 1e-2) -> tuple[torch.Tensor, ...]:

@@ -18,7 +18,7 @@ import torch
 
 from ... import bpe
 from ...evaluate import bits_per_byte
-from . import Case, CheckFailed, check_function
+from . import Case, CheckFailed, call_student, check_function
 
 
 def _random_ids(rng: random.Random, n: int, alphabet: int) -> list[int]:
@@ -114,14 +114,7 @@ def check_bpe_train(student) -> bool:
 
 
 def _call_bpe_train(student, ids, n, what):
-    try:
-        got = student(list(ids), n)
-    except NotImplementedError:
-        raise CheckFailed("bpe_train: not implemented yet (the function still raises NotImplementedError)") from None
-    except CheckFailed:
-        raise
-    except Exception as err:
-        raise CheckFailed(f"bpe_train, case '{what}', n_merges={n}: raised {type(err).__name__}: {err}") from err
+    got = call_student(student, "bpe_train", f"bpe_train, case '{what}', n_merges={n}", list(ids), n)
     if not (isinstance(got, tuple) and len(got) == 2):
         raise CheckFailed(f"bpe_train must return a pair (merges, ids), got {type(got).__name__}")
     merges, out = got
