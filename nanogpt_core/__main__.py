@@ -159,6 +159,8 @@ def _full_run_commands(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; every stage runs with each (default: 0)")
     p.add_argument("--eval-tokens", type=int, default=16_384, help="val tokens per evaluation (about 20 per run)")
     p.add_argument("--cache", metavar="PATH", help="JSON-lines file of finished runs, reused on the next call")
+    p.add_argument("--run-out", action="store_true",
+                   help="run every stage to the end of its budget (default: a stage stops at the target)")
     p.add_argument("--out", default="speedrun_scoreboard", help="path prefix for the .json and .png")
     p.set_defaults(func=_speedrun)
     for name, text in (("evaluate", "val loss and bits per byte of a checkpoint"), ("sample", "sample text from a checkpoint")):

@@ -356,6 +356,7 @@ def train(
     log_path: str | Path | None = None,
     model_cls: type[GPT] = GPT,
     allow_longer_run: bool = False,
+    stop_at_bpb: float | None = None,
 ) -> tuple[GPT, RunResult]:
     """Train ``cfg`` on ``data`` (the toy corpus by default). Returns the model and its RunResult.
 
@@ -366,6 +367,8 @@ def train(
     one JSON line per step ({"kind": "step", ...}) and per evaluation ({"kind": "eval", ...}).
     A loss that is NaN or inf stops the run with an error naming the last good checkpoint.
     ``model_cls``: a GPT subclass for a variant outside the ladder (e.g. ``ablations_negative``).
+    ``stop_at_bpb``: a finish line; the run ends at the first evaluation whose val bpb is at or below
+    it (the schedule still spans ``cfg.train.steps``; ``final_val_bpb`` stays None).
     """
     cfg = cfg.validate()
     t = cfg.train
@@ -426,10 +429,14 @@ def train(
     bar = Progress(t.steps - start_step, f"{cfg.stage}@{cfg.scale}", enabled=progress and rank == 0)
     last_step = min(t.steps, stop_after if stop_after is not None else t.steps)
     timed_tokens = result.tokens_per_second * result.wall_seconds  # earlier segments of a resumed run
+    finished = False
     for step in range(start_step, last_step):
         due = (t.eval_every and step % t.eval_every == 0) or step in t.eval_steps
         if due and not any(v["step"] == step for v in result.val):
             run_eval(step)
+            if stop_at_bpb is not None and result.val[-1]["bpb"] <= stop_at_bpb:
+                finished = True
+                break
         t0 = time.perf_counter()
         batches = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                    for x, y in (loader.next_batch() for _ in range(t.grad_accum)))
@@ -459,7 +466,7 @@ def train(
             save_checkpoint(checkpoint_path, model, optimizer, loader, step + 1, cfg, result, rank, world_size, data_id)
             last_good = f"{checkpoint_path} (step {step + 1})"
     bar.close()
-    if last_step == t.steps:
+    if last_step == t.steps and not finished:
         if not result.val or result.val[-1]["step"] != t.steps:
             run_eval(t.steps)
         result.final_val_loss, result.final_val_bpb = result.val[-1]["loss"], result.val[-1]["bpb"]
@@ -467,5 +474,5 @@ def train(
     if log is not None:
         log.close()
     if checkpoint_path:
-        save_checkpoint(checkpoint_path, model, optimizer, loader, last_step, cfg, result, rank, world_size, data_id)
+        save_checkpoint(checkpoint_path, model, optimizer, loader, result.steps, cfg, result, rank, world_size, data_id)
     return model, result

@@ -1,8 +1,12 @@
 """The scoreboard's arithmetic on hand-made curves, and one tiny real run of two stages."""
 
+import os
+from pathlib import Path
+
 import pytest
 
-from nanogpt_core.lab.scoreboard import crossing, early_steps, format_table, plot, run_scoreboard, scoreboard, summarize
+from nanogpt_core.lab.scoreboard import (crossing, early_steps, format_table, fresh_compile_caches, largest_rise, plot,
+                                         run_scoreboard, scoreboard, summarize)
 
 
 def run(stage, curve, compile_seconds=0.0):
@@ -42,6 +46,44 @@ def test_summary_over_seeds_has_mean_spread_and_two_significant_figures():
     assert "1/2" in text and "10 ± 0" in text
 
 
+def test_a_stage_stopped_at_the_target_has_a_speedup_but_no_final_bpb():
+    base = run("gpt2", [(0, 3.0), (100, 2.0)])
+    stopped = {**run("compile", [(0, 3.0), (10, 2.5), (20, 1.9)]), "final_val_bpb": None}
+    summary = summarize([scoreboard([base, stopped])])
+    assert summary[1]["speedup"]["mean"] == pytest.approx(100 / 18.333, rel=1e-3)
+    assert summary[1]["seconds_to_target"]["mean"] == pytest.approx(18.333, rel=1e-3)
+    assert summary[1]["final_val_bpb"] is None and summary[0]["final_val_bpb"]["mean"] == 2.0
+    assert "stopped at target" in format_table(summary, [2.0]).splitlines()[-1]
+
+
+def test_largest_rise_counts_only_after_the_warmup():
+    assert largest_rise([8.0, 9.0, 7.0, 6.5, 6.9, 6.0], after=2) == pytest.approx(0.4)
+    assert largest_rise([8.0, 9.0, 7.0], after=0) == pytest.approx(1.0)
+    assert largest_rise([8.0], after=0) == 0.0
+
+
+def test_fresh_compile_caches_gives_an_empty_inductor_dir_and_restores_the_old_one(monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/else")
+    with fresh_compile_caches():
+        fresh = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        assert fresh.is_dir() and not any(fresh.iterdir()) and str(fresh) != "/somewhere/else"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/else" and not fresh.exists()
+
+
+def test_train_stops_at_the_first_evaluation_at_or_below_the_finish_line(tiny_cfg, small_data):
+    from nanogpt_core.train import train
+
+    cfg = tiny_cfg.replace(steps=12, eval_every=3)
+    _, full = train(cfg, small_data, progress=False)
+    line = full.val[2]["bpb"]  # reached at step 6 (the curve falls; a later eval could be lower)
+    first = next(v for v in full.val if v["bpb"] <= line)
+    _, stopped = train(cfg, small_data, progress=False, stop_at_bpb=line)
+    assert stopped.steps == first["step"] < cfg.train.steps
+    assert [v["bpb"] for v in stopped.val] == [v["bpb"] for v in full.val[:len(stopped.val)]]  # the same run, cut
+    assert stopped.val[-1]["bpb"] <= line and stopped.final_val_bpb is None
+    assert full.final_val_bpb is not None
+
+
 def test_early_evaluations_resolve_a_fast_crossing():
     assert early_steps(20) == (1, 2, 3, 4, 5, 8, 11, 15)
     assert all(s < 20 for s in early_steps(20)) and early_steps(1) == ()
@@ -55,12 +97,21 @@ def test_tiny_real_scoreboard_with_seeds_and_cache(small_data, tmp_path):
     assert [r["stage"] for r in board["summary"]] == ["gpt2", "flash-attention"]
     assert [[r["seed"] for r in rows] for rows in board["rows_by_seed"]] == [[0, 0], [1, 1]]
     assert board["summary"][0]["speedup"]["mean"] == pytest.approx(1.0, rel=0.3)  # the baseline reaches its own bpb
-    for rows in board["rows_by_seed"]:
+    for rows, target in zip(board["rows_by_seed"], board["targets"]):
+        assert rows[0]["final_val_bpb"] == target  # the baseline runs its whole budget
         for r in rows:
-            assert r["steps"] >= 4 and r["final_val_bpb"] > 0 and r["tokens_per_second"] > 0
+            assert r["steps"] >= 1 and r["tokens_per_second"] > 0
+            if r["final_val_bpb"] is None:  # stopped at the target, before its planned steps
+                assert r["seconds_to_target"] is not None and r["steps"] < r["planned_steps"]
+            else:
+                assert r["steps"] == r["planned_steps"] >= 4
     assert len(cache.read_text().splitlines()) == 4
     again = run_scoreboard("toy", seconds=1.0, stages=["gpt2", "flash-attention"], data=small_data, seeds=(0, 1),
                            cache=cache, **kw)  # every run comes from the cache: identical figures
     assert again["targets"] == board["targets"]
     assert "equal training wall-time" in board["protocol"] and board["hardware"]
     plot(board)
+    run_out = run_scoreboard("toy", seconds=1.0, stages=["gpt2", "flash-attention"], data=small_data, seeds=(0,),
+                             cache=cache, stop_at_target=False, **kw)  # another protocol: not from the cache
+    assert len(cache.read_text().splitlines()) == 6
+    assert all(r["final_val_bpb"] is not None for r in run_out["rows_by_seed"][0])

@@ -26,6 +26,13 @@ bad parameters hurt all three), measures which parameter tensors' last update ra
 (undoing the update of one tensor at a time), and counts how many positions predict the same token.
 
     python -m nanogpt_core.lab.baseline_stability --diagnose --json book/results/baseline_stability.json
+
+At the scoreboard's budget (``--scoreboard-seconds S``, added to an existing result file): the
+scoreboard's baseline run (``scoreboard.run_stage`` of stage gpt2, S seconds of training, warmup
+20 steps, the scoreboard's seeds) at each ``--lrs``; per run the final val bpb and the largest
+one-step rise of the train loss after warmup. The scoreboard itself holds the preset's rate.
+
+    python -m nanogpt_core.lab.baseline_stability --scoreboard-seconds 360 --lrs 6e-4 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -111,6 +118,24 @@ def sweep(steps: int = 40, warmup: int = 4, lrs=DEFAULT_LRS, seeds=DEFAULT_SEEDS
             "total_seconds": time.perf_counter() - t0}
 
 
+def at_scoreboard_budget(seconds: float, lrs, seeds, eval_tokens: int = 16_384) -> dict:
+    """The scoreboard's baseline (stage gpt2, ``seconds`` of training) at each peak rate in ``lrs``."""
+    from .scoreboard import run_stage
+
+    data = toy_data(stage_config("gpt2", "toy").model.vocab_size)
+    runs = []
+    for seed in seeds:
+        for lr in lrs:
+            r = run_stage("gpt2", "toy", seconds, data, seed=seed, lr=lr, eval_tokens=eval_tokens)
+            runs.append({"lr": lr, "seed": seed, "final_val_bpb": r["final_val_bpb"], "steps": r["steps"],
+                         "largest_loss_rise": r["largest_loss_rise"], "spiked": r["largest_loss_rise"] > SPIKE_NATS})
+            print(f"lr {lr:g} seed {seed}: {r['steps']} steps, final val {r['final_val_bpb']:.4f} bpb, largest rise "
+                  f"{r['largest_loss_rise']:+.2f} nats", flush=True)
+    summary = {f"{lr:g}": {"final_bpb": spread([r["final_val_bpb"] for r in runs if r["lr"] == lr]),
+                           "spiked_seeds": sum(r["spiked"] for r in runs if r["lr"] == lr)} for lr in lrs}
+    return {"seconds": seconds, "lrs": list(lrs), "seeds": list(seeds), "runs": runs, "summary": summary}
+
+
 def diagnose(lr: float, seed: int, steps: int, warmup: int, expected_losses: list[float] | None = None) -> dict:
     """Replay the run (lr, seed) up to its largest spike, recording what the module docstring lists."""
     cfg = stage_config("gpt2", "toy", steps=steps, warmup_steps=warmup, lr=lr, seed=seed, eval_every=0)
@@ -175,7 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default="book/results/baseline_stability.json")
     p.add_argument("--diagnose", action="store_true", help="add the diagnosis of one spike to the --json result")
     p.add_argument("--diagnose-lr", type=float, default=1e-3)
+    p.add_argument("--scoreboard-seconds", type=float, metavar="S",
+                   help="add the scoreboard's baseline at S seconds of training, at each --lrs, to the --json result")
     args = p.parse_args(argv)
+    if args.scoreboard_seconds:
+        result = json.loads(Path(args.json).read_text())
+        budget = at_scoreboard_budget(args.scoreboard_seconds, args.lrs, args.seeds, args.eval_tokens)
+        budget = save_result(budget, None, f"python -m nanogpt_core.lab.baseline_stability --scoreboard-seconds "
+                             f"{args.scoreboard_seconds:g} --lrs {' '.join(f'{x:g}' for x in args.lrs)} --seeds "
+                             f"{' '.join(map(str, args.seeds))}", seeds=args.seeds)
+        result["scoreboard_budget"] = budget
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        return 0
     if args.diagnose:
         result = json.loads(Path(args.json).read_text())
         seed = result["seeds"][0]

@@ -9,19 +9,27 @@ run is given ``steps = S / step_seconds`` so that its LR schedule spans the budg
                   linearly interpolated between evaluations, plus its compile/warm-up time
     speedup       (baseline's training time + compile time) / the stage's time to target
 
-Evaluation time is excluded from every clock; compilation is included. A stage that never
-reaches the target in its budget has no speedup (None).
+Evaluation time is excluded from every clock; compilation is included, cold: the calibration run
+compiles in a fresh, empty compile cache, as a reader's first run does, and its first step is the
+compile time counted. A stage that never reaches the target in its budget has no speedup (None).
+A stage stops at the target (the finish line of a speedrun; its schedule still spans the whole
+budget); ``stop_at_target=False`` runs every stage to the end of its budget instead.
 
 Every stage is run with each seed (interleaved by seed); the table gives mean ± std over seeds and
 speedups to 2 significant figures, since one run's 4th digit is noise.
 
-    python -m nanogpt_core speedrun --scale toy --seconds 60 --seeds 0 1 2 --out book/results/speedrun_scoreboard
+    python -m nanogpt_core speedrun --scale toy --seconds 360 --seeds 0 1 2 --out book/results/speedrun_scoreboard
+    python -m nanogpt_core speedrun --scale toy --seconds 60 --seeds 0 1 2 --run-out \
+        --out book/results/speedrun_scoreboard_60s
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from ..config import STAGES, stage_config
@@ -49,27 +57,60 @@ def early_steps(steps: int) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
+@contextlib.contextmanager
+def fresh_compile_caches():
+    """Compile as on a fresh machine: an empty Inductor cache directory and no graphs compiled
+    earlier in this process (both restored afterwards)."""
+    import torch._dynamo
+
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="speedrun_inductor_") as fresh:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
+        torch._dynamo.reset()
+        try:
+            yield
+        finally:
+            torch._dynamo.reset()
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+def largest_rise(losses: list[float], after: int) -> float:
+    """The largest one-step rise of the train loss after step ``after`` (a spike shows here)."""
+    tail = losses[max(after - 1, 0):]
+    return max((b - a for a, b in zip(tail, tail[1:])), default=0.0)
+
+
 def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_steps: int = 4, seed: int | None = None,
-              evals: int = 12, **overrides) -> dict:
+              evals: int = 12, target: float | None = None, **overrides) -> dict:
     """Train ``stage`` for about ``seconds`` of training time; returns its RunResult as a dict.
 
-    Evaluations: ``evals`` evenly spaced, plus log-spaced early ones (``early_steps``)."""
+    Evaluations: ``evals`` evenly spaced, plus log-spaced early ones (``early_steps``). ``target``:
+    stop at the first evaluation at or below this val bpb. ``compile_seconds`` is the cold first
+    step of the calibration run (``fresh_compile_caches``)."""
     from ..train import train
 
     if seed is not None:
         overrides = {**overrides, "seed": seed}
     probe = stage_config(stage, scale, **{**overrides, "steps": calibration_steps, "eval_every": 0,
                                           "eval_tokens": min(4096, overrides.get("eval_tokens", 4096))})
-    _, calib = train(probe, data, progress=False)
-    step_seconds = calib.wall_seconds / max(1, calib.steps - 1)  # the first step (compile) is timed apart
-    steps = max(calibration_steps, int(seconds / step_seconds))
-    warmup = stage_config(stage, scale).train.warmup_steps
-    cfg = stage_config(stage, scale, **{**overrides, "steps": steps, "eval_every": max(1, steps // evals),
-                                        "eval_steps": early_steps(steps), "warmup_steps": min(warmup, steps // 10)})
-    _, result = train(cfg, data, progress=False)
+    with fresh_compile_caches():
+        _, calib = train(probe, data, progress=False)
+        step_seconds = calib.wall_seconds / max(1, calib.steps - 1)  # the first step (compile) is timed apart
+        steps = max(calibration_steps, int(seconds / step_seconds))
+        warmup = stage_config(stage, scale).train.warmup_steps
+        cfg = stage_config(stage, scale, **{**overrides, "steps": steps, "eval_every": max(1, steps // evals),
+                                            "eval_steps": early_steps(steps), "warmup_steps": min(warmup, steps // 10)})
+        _, result = train(cfg, data, progress=False, stop_at_bpb=target)
     out = {k: getattr(result, k) for k in ("stage", "steps", "tokens", "wall_seconds", "tokens_per_second",
                                           "final_val_bpb", "val", "hardware", "torch_version")}
-    out["compile_seconds"] = getattr(result, "compile_seconds", 0.0)
+    out["planned_steps"] = steps
+    out["stopped_at_target"] = result.steps < steps
+    out["compile_seconds"] = calib.compile_seconds
+    out["warm_compile_seconds"] = getattr(result, "compile_seconds", 0.0)
+    out["largest_loss_rise"] = largest_rise(result.losses, cfg.train.warmup_steps)
     out["seed"] = cfg.train.seed
     return out
 
@@ -86,36 +127,47 @@ def scoreboard(runs: list[dict]) -> list[dict]:
         to_target = None if t is None else t + run["compile_seconds"]
         rows.append(dict(
             stage=run["stage"], seed=run.get("seed"), tokens_per_second=run["tokens_per_second"], steps=run["steps"],
-            final_val_bpb=run["final_val_bpb"], seconds_to_target=to_target, steps_to_target=s,
-            compile_seconds=run["compile_seconds"],
+            planned_steps=run.get("planned_steps", run["steps"]), final_val_bpb=run["final_val_bpb"],
+            seconds_to_target=to_target, steps_to_target=s, compile_seconds=run["compile_seconds"],
+            largest_loss_rise=run.get("largest_loss_rise"),
             speedup=None if to_target is None else base_time / max(to_target, 1e-9),
         ))
     return rows
 
 
 def summarize(rows_by_seed: list[list[dict]]) -> list[dict]:
-    """Per stage over seeds: tok/s, final bpb and speedup as mean and spread (a seed that never reaches
-    its baseline's final bpb counts in ``reached``, not in the speedup's mean)."""
+    """Per stage over seeds, as mean and spread: tok/s; time to target and speedup over the seeds that
+    reached the target (``reached`` counts them); final bpb over the seeds that ran their whole budget
+    (a stage that stopped at the target has none)."""
     out = []
     for i, first in enumerate(rows_by_seed[0]):
         rows = [seed_rows[i] for seed_rows in rows_by_seed]
-        speedups = [r["speedup"] for r in rows if r["speedup"] is not None]
-        out.append(dict(stage=first["stage"], seeds=len(rows), reached=len(speedups),
+        reached = [r for r in rows if r["speedup"] is not None]
+        finals = [r["final_val_bpb"] for r in rows if r["final_val_bpb"] is not None]
+        out.append(dict(stage=first["stage"], seeds=len(rows), reached=len(reached),
                         tokens_per_second=spread([r["tokens_per_second"] for r in rows]),
-                        final_val_bpb=spread([r["final_val_bpb"] for r in rows]),
-                        speedup=spread(speedups) if speedups else None))
+                        final_val_bpb=spread(finals) if finals else None,
+                        compile_seconds=spread([r["compile_seconds"] for r in rows]),
+                        seconds_to_target=spread([r["seconds_to_target"] for r in reached]) if reached else None,
+                        speedup=spread([r["speedup"] for r in reached]) if reached else None))
     return out
 
 
 def format_table(summary: list[dict], targets: list[float]) -> str:
-    """Mean ± std over seeds; speedups to 2 significant figures."""
+    """Mean ± std over seeds, to 2 significant figures (bpb to 3 decimals); "s to target" includes the
+    compile seconds."""
     lines = [f"target per seed: that seed's gpt2 final val bpb ({', '.join(f'{t:.3f}' for t in targets)})",
-             f"{'stage':<18}{'tok/s':>14}{'final val bpb':>18}{'reached':>9}{'speedup':>16}"]
+             f"{'stage':<18}{'tok/s':>13}{'compile s':>12}{'reached':>9}{'s to target':>14}{'speedup':>13}   "
+             "final val bpb"]
     for r in summary:
-        tok, bpb, sp = r["tokens_per_second"], r["final_val_bpb"], r["speedup"]
+        tok, bpb, sp, sec = r["tokens_per_second"], r["final_val_bpb"], r["speedup"], r.get("seconds_to_target")
         speed = "-" if sp is None else f"{significant(sp['mean'])} ± {significant(sp['std'], 1)}"
-        lines.append(f"{r['stage']:<18}{tok['mean']:>8,.0f} ± {significant(tok['std'], 1):<4}"
-                     f"{bpb['mean']:>10.3f} ± {bpb['std']:.3f}{r['reached']:>6}/{r['seeds']}{speed:>16}")
+        secs = "-" if sec is None else f"{significant(sec['mean'])} ± {significant(sec['std'], 1)}"
+        final = "stopped at target" if bpb is None else f"{bpb['mean']:.3f} ± {bpb['std']:.3f} (n={bpb['n']})"
+        comp = r.get("compile_seconds")
+        comp = "" if comp is None else f"{significant(comp['mean'])} ± {significant(comp['std'], 1)}"
+        lines.append(f"{r['stage']:<18}{significant(tok['mean']):>7} ± {significant(tok['std'], 1):<4}{comp:>12}"
+                     f"{r['reached']:>4}/{r['seeds']}{secs:>14}{speed:>13}   {final}")
     return "\n".join(lines)
 
 
@@ -134,8 +186,9 @@ def plot(board: dict, path: str | Path | None = None):
                     marker="." if k == 0 else None, label=run["stage"] if k == 0 else None)
     for t in board["targets"]:
         ax.axhline(t, color="k", ls="--", lw=0.7)
-    ax.set(xlabel="training seconds (incl. compile, excl. eval)", ylabel="val bits per byte",
-           title="the ladder, equal time (dashed: each seed's gpt2 final bpb)")
+    ax.set_xscale("log")
+    ax.set(xlabel="training seconds, log scale (incl. compile, excl. eval)", ylabel="val bits per byte",
+           title="each stage until the target or its budget (dashed: the targets)")
     ax.legend(fontsize=7)
     means = [r["speedup"]["mean"] if r["speedup"] else 0.0 for r in board["summary"]]
     stds = [r["speedup"]["std"] if r["speedup"] else 0.0 for r in board["summary"]]
@@ -153,27 +206,28 @@ def plot(board: dict, path: str | Path | None = None):
 
 
 def run_scoreboard(scale: str = "toy", seconds: float = 300.0, stages: list[str] | None = None, data=None,
-                   seeds=(0,), cache: str | Path | None = None, **overrides) -> dict:
+                   seeds=(0,), cache: str | Path | None = None, stop_at_target: bool = True, **overrides) -> dict:
     """Run the ladder (every stage, or ``stages``; gpt2 first, as the baseline) for each seed and score it.
 
     Runs are interleaved by seed (every stage of seed 0, then of seed 1, ...), so a slow spell of the
     machine lands on every stage alike. ``cache``: a JSON-lines file of finished runs, reused when the
-    same stage, seed, scale and budget come again (a long scoreboard can be run in pieces)."""
+    same stage, seed, scale, budget and protocol come again (a long scoreboard can be run in pieces)."""
     stages = ["gpt2", *[s for s in dict.fromkeys(stages or STAGES) if s != "gpt2"]]
     done = {}
     if cache and Path(cache).exists():
         for line in Path(cache).read_text().splitlines():
             run = json.loads(line)
-            done[(run["stage"], run["seed"], run["scale"], run["seconds_per_stage"])] = run
+            done[(run["stage"], run["seed"], run["scale"], run["seconds_per_stage"], run.get("stop_at_target"))] = run
     runs_by_seed = []
     for seed in seeds:
         runs = []
         for stage in stages:
-            key = (stage, seed, scale, seconds)
+            key = (stage, seed, scale, seconds, stop_at_target)
             if key not in done:
                 print(f"[speedrun] seed {seed}, {stage}: {seconds:g} s of training ...", flush=True)
-                done[key] = {**run_stage(stage, scale, seconds, data, seed=seed, **overrides),
-                             "scale": scale, "seconds_per_stage": seconds}
+                target = runs[0]["final_val_bpb"] if runs and stop_at_target else None
+                done[key] = {**run_stage(stage, scale, seconds, data, seed=seed, target=target, **overrides),
+                             "scale": scale, "seconds_per_stage": seconds, "stop_at_target": stop_at_target}
                 if cache:
                     with open(cache, "a") as f:
                         f.write(json.dumps(done[key]) + "\n")
@@ -182,7 +236,8 @@ def run_scoreboard(scale: str = "toy", seconds: float = 300.0, stages: list[str]
     rows_by_seed = [scoreboard(runs) for runs in runs_by_seed]
     return dict(
         protocol="equal training wall-time budget per stage; speedup = the seed's baseline time / time to that "
-                 "baseline's final val bpb (compile included, evaluation excluded); mean ± std over seeds",
+                 "baseline's final val bpb (cold compile included, evaluation excluded); mean ± std over seeds"
+                 + ("; a stage stops at the target" if stop_at_target else "; every stage runs its whole budget"),
         scale=scale, seconds_per_stage=seconds, seeds=list(seeds), hardware=runs_by_seed[0][0]["hardware"],
         targets=[runs[0]["final_val_bpb"] for runs in runs_by_seed], summary=summarize(rows_by_seed),
         rows_by_seed=rows_by_seed, runs_by_seed=runs_by_seed,
@@ -191,12 +246,12 @@ def run_scoreboard(scale: str = "toy", seconds: float = 300.0, stages: list[str]
 
 def command(args) -> str:
     return (f"python -m nanogpt_core speedrun --scale {args.scale} --seconds {args.seconds:g} "
-            f"--seeds {' '.join(map(str, args.seeds))}")
+            f"--seeds {' '.join(map(str, args.seeds))}" + (" --run-out" if args.run_out else ""))
 
 
 def main_cli(args: argparse.Namespace) -> int:
     board = run_scoreboard(args.scale, args.seconds, args.stages, seeds=args.seeds, cache=args.cache,
-                           eval_tokens=args.eval_tokens)
+                           stop_at_target=not args.run_out, eval_tokens=args.eval_tokens)
     print(format_table(board["summary"], board["targets"]))
     print(f"hardware: {board['hardware']}; {board['seconds_per_stage']:g} s per stage; seeds {board['seeds']}")
     out = Path(args.out)
@@ -210,7 +265,10 @@ def show_committed(path: str | Path) -> dict:
     """Print and plot a saved scoreboard (e.g. the book's ``book/results/speedrun_scoreboard.json``)
     with where and how it was measured."""
     board = json.loads(Path(path).read_text())
+    board["summary"] = summarize(board["rows_by_seed"])  # today's columns, also for a file written before them
     print(f"measured by `{board['command']}` on {board['hardware']}, {board['date']}, torch {board['torch_version']}")
+    if board.get("note"):
+        print(f"note: {board['note']}")
     print(format_table(board["summary"], board["targets"]))
     plot(board)
     return board
