@@ -41,7 +41,7 @@ def test_scoreboard_budget_runs_the_scoreboards_baseline_at_each_rate(monkeypatc
         rise = 2.0 if overrides["lr"] > 8e-4 else 0.1
         return {"final_val_bpb": 2.2 + overrides["lr"] + 0.001 * seed, "steps": 500, "largest_loss_rise": rise}
 
-    monkeypatch.setattr("nanogpt_core.lab.scoreboard.run_stage", fake_run_stage)
+    monkeypatch.setattr(bs, "run_stage", fake_run_stage)
     monkeypatch.setattr(bs, "toy_data", lambda vocab_size: None)
     out = bs.at_scoreboard_budget(360, [6e-4, 1e-3], [0, 1])
     assert calls == [("gpt2", "toy", 360, 0, 6e-4), ("gpt2", "toy", 360, 0, 1e-3),

@@ -52,6 +52,7 @@ from ..optim import build_optimizer
 from ..schedules import lr_multiplier, set_lr
 from ..train import build_loader, train
 from .results import describe_difference, paired_difference, save_result, spread
+from .scoreboard import largest_rise, run_stage
 
 DEFAULT_SEEDS = (1337, 1338, 1339)
 DEFAULT_LRS = (3e-4, 6e-4, 1e-3)
@@ -65,10 +66,9 @@ def spikes(losses: list[float], after: int = 0) -> list[int]:
 
 def stability(losses: list[float], warmup: int, vocab_size: int) -> dict:
     """The stability figures of one run's train losses (see the module docstring)."""
-    rises = [losses[i] - losses[i - 1] for i in range(max(1, warmup), len(losses))]
     spiked = spikes(losses, warmup)
     peak = max(losses[1:]) if len(losses) > 1 else losses[0]
-    return {"spike_steps": spiked, "n_spikes": len(spiked), "max_rise": max(rises) if rises else 0.0,
+    return {"spike_steps": spiked, "n_spikes": len(spiked), "max_rise": largest_rise(losses, warmup),
             "max_loss_after_warmup": max(losses[warmup:]) if len(losses) > warmup else peak,
             "above_uniform": peak > math.log(vocab_size), "stable": not spiked and peak <= math.log(vocab_size)}
 
@@ -120,8 +120,6 @@ def sweep(steps: int = 40, warmup: int = 4, lrs=DEFAULT_LRS, seeds=DEFAULT_SEEDS
 
 def at_scoreboard_budget(seconds: float, lrs, seeds, eval_tokens: int = 16_384) -> dict:
     """The scoreboard's baseline (stage gpt2, ``seconds`` of training) at each peak rate in ``lrs``."""
-    from .scoreboard import run_stage
-
     data = toy_data(stage_config("gpt2", "toy").model.vocab_size)
     runs = []
     for seed in seeds:
@@ -189,6 +187,14 @@ def diagnose(lr: float, seed: int, steps: int, warmup: int, expected_losses: lis
             "loss_of_spiking_params": neighbours, "top_prediction_share": top_share, "culprits": culprits[:5]}
 
 
+def add_section(path: str | Path, key: str, section: dict) -> dict:
+    """Add ``section`` under ``key`` to the result file at ``path`` (written by a sweep before it)."""
+    result = json.loads(Path(path).read_text())
+    result[key] = section
+    Path(path).write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nanogpt_core.lab.baseline_stability", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,13 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="add the scoreboard's baseline at S seconds of training, at each --lrs, to the --json result")
     args = p.parse_args(argv)
     if args.scoreboard_seconds:
-        result = json.loads(Path(args.json).read_text())
         budget = at_scoreboard_budget(args.scoreboard_seconds, args.lrs, args.seeds, args.eval_tokens)
         budget = save_result(budget, None, f"python -m nanogpt_core.lab.baseline_stability --scoreboard-seconds "
                              f"{args.scoreboard_seconds:g} --lrs {' '.join(f'{x:g}' for x in args.lrs)} --seeds "
                              f"{' '.join(map(str, args.seeds))}", seeds=args.seeds)
-        result["scoreboard_budget"] = budget
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        add_section(args.json, "scoreboard_budget", budget)
         return 0
     if args.diagnose:
         result = json.loads(Path(args.json).read_text())
@@ -218,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         run_ = next(r for r in result["runs"] if r["lr"] == args.diagnose_lr and r["seed"] == seed)
         d = diagnose(args.diagnose_lr, seed, result["steps"], result["warmup_steps"], run_["losses"])
         d["command"] = f"python -m nanogpt_core.lab.baseline_stability --diagnose --diagnose-lr {args.diagnose_lr:g}"
-        result["diagnosis"] = d
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        add_section(args.json, "diagnosis", d)
         print(json.dumps({k: v for k, v in d.items() if k != "losses"}, indent=1))
         return 0
     command = (f"python -m nanogpt_core.lab.baseline_stability --steps {args.steps} --warmup {args.warmup} "

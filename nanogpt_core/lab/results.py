@@ -51,6 +51,11 @@ def significant(x: float, digits: int = 2) -> str:
     return f"{float(f'{x:.{digits}g}'):g}" if x else "0"
 
 
+def significant_pm(s: dict | None, missing: str = "-") -> str:
+    """A ``spread`` as 'mean ± std', the mean to 2 significant figures and the std to 1 (``missing`` if None)."""
+    return missing if s is None else f"{significant(s['mean'])} ± {significant(s['std'], 1)}"
+
+
 def mean_pm(values, digits: int = 3) -> str:
     """'mean ± std (n seeds)' with ``digits`` decimals: how the book prints a figure over seeds."""
     s = spread(values)

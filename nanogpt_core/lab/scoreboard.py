@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import STAGES, stage_config
-from .results import save_result, significant, spread
+from .results import save_result, significant, significant_pm, spread
 
 
 def crossing(val: list[dict], target: float, key: str) -> float | None:
@@ -106,10 +106,9 @@ def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_ste
         _, result = train(cfg, data, progress=False, stop_at_bpb=target)
     out = {k: getattr(result, k) for k in ("stage", "steps", "tokens", "wall_seconds", "tokens_per_second",
                                           "final_val_bpb", "val", "hardware", "torch_version")}
-    out["planned_steps"] = steps
-    out["stopped_at_target"] = result.steps < steps
+    out["planned_steps"] = steps  # more than ``steps`` when the run stopped at the target
     out["compile_seconds"] = calib.compile_seconds
-    out["warm_compile_seconds"] = getattr(result, "compile_seconds", 0.0)
+    out["warm_compile_seconds"] = result.compile_seconds
     out["largest_loss_rise"] = largest_rise(result.losses, cfg.train.warmup_steps)
     out["seed"] = cfg.train.seed
     return out
@@ -160,14 +159,11 @@ def format_table(summary: list[dict], targets: list[float]) -> str:
              f"{'stage':<18}{'tok/s':>13}{'compile s':>12}{'reached':>9}{'s to target':>14}{'speedup':>13}   "
              "final val bpb"]
     for r in summary:
-        tok, bpb, sp, sec = r["tokens_per_second"], r["final_val_bpb"], r["speedup"], r.get("seconds_to_target")
-        speed = "-" if sp is None else f"{significant(sp['mean'])} ± {significant(sp['std'], 1)}"
-        secs = "-" if sec is None else f"{significant(sec['mean'])} ± {significant(sec['std'], 1)}"
+        tok, bpb = r["tokens_per_second"], r["final_val_bpb"]
         final = "stopped at target" if bpb is None else f"{bpb['mean']:.3f} ± {bpb['std']:.3f} (n={bpb['n']})"
-        comp = r.get("compile_seconds")
-        comp = "" if comp is None else f"{significant(comp['mean'])} ± {significant(comp['std'], 1)}"
-        lines.append(f"{r['stage']:<18}{significant(tok['mean']):>7} ± {significant(tok['std'], 1):<4}{comp:>12}"
-                     f"{r['reached']:>4}/{r['seeds']}{secs:>14}{speed:>13}   {final}")
+        lines.append(f"{r['stage']:<18}{significant(tok['mean']):>7} ± {significant(tok['std'], 1):<4}"
+                     f"{significant_pm(r['compile_seconds']):>12}{r['reached']:>4}/{r['seeds']}"
+                     f"{significant_pm(r['seconds_to_target']):>14}{significant_pm(r['speedup']):>13}   {final}")
     return "\n".join(lines)
 
 
