@@ -33,9 +33,15 @@ book-html: venv
 refresh-outputs: venv
 	SPEEDRUN_SCALE=toy SPEEDRUN_PROGRESS=plain $(PY) book/build.py refresh
 
+# The unit tests and every chapter under nbval (in chapters/); the book from the committed outputs
+# (what a published copy shows) with the browser checks; then the README's first command as a new
+# user runs it, `make book` (every chapter executed again, in the book's staged copy), and the
+# browser checks on that build.
 test: venv
 	SPEEDRUN_SCALE=toy SPEEDRUN_PROGRESS=plain $(PY) -m pytest tests chapters --ignore=tests/browser --nbval-lax --sanitize-with tests/nbval_sanitize.cfg
 	$(PY) book/build.py build
+	$(PY) -m pytest tests/browser -p no:cacheprovider -q
+	$(MAKE) book
 	$(PY) -m pytest tests/browser -p no:cacheprovider -q
 
 # The other end of the ranges: a second venv on another Python of the range (PYTHON_LATEST,

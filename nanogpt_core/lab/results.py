@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -32,6 +33,36 @@ def save_result(result: dict, path: str | Path | None, command: str, seeds=None,
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(stamped, indent=1))
     return stamped
+
+
+# ---- the committed results, from wherever a chapter runs ----------------------------------------
+
+RESULTS = Path("book") / "results"
+
+
+def committed(name: str) -> Path:
+    """The committed result file ``book/results/<name>`` of the course, found from wherever the
+    caller runs: ``chapters/``, the book's staged build (``book/_build/src/chapters``), a
+    ``student/`` folder, a grader's sandbox, a Colab or JupyterHub checkout.
+
+    Looked for, in order: under ``$NANOGPT_COURSE_ROOT``; in the nearest folder at or above the
+    working directory that has ``book/results/<name>``; in the checkout the package runs from
+    (an editable install). The first that exists wins."""
+    here = Path.cwd().resolve()
+    roots = [Path(os.environ["NANOGPT_COURSE_ROOT"])] if os.environ.get("NANOGPT_COURSE_ROOT") else []
+    roots += [here, *here.parents, Path(__file__).resolve().parents[2]]
+    for root in roots:
+        if (root / RESULTS / name).is_file():
+            return root / RESULTS / name
+    raise FileNotFoundError(
+        f"no committed result {RESULTS / name} at or above {here}, nor in the checkout of the package "
+        f"({Path(__file__).resolve().parents[2]}): run the chapter from a checkout of the course "
+        "(its chapters/ folder), or set NANOGPT_COURSE_ROOT to the checkout's folder")
+
+
+def load_committed(name: str) -> dict:
+    """The committed result ``book/results/<name>`` (see ``committed``), parsed."""
+    return json.loads(committed(name).read_text())
 
 
 # ---- seeds: mean, spread, and whether a difference is noise -------------------------------------

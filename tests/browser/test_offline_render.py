@@ -71,6 +71,50 @@ def _pages():
     return sorted(HTML.glob("chapters/*.html")) + sorted(HTML.glob("dev/*.html"))
 
 
+# ---- prose typeset as math -----------------------------------------------------------------------
+# With MyST's dollarmath, "about $73 of GPU time, where GPT-2 cost about $43,000" becomes the math
+# "73 of GPU time, where GPT-2 cost about " (rendered without spaces). A math element is flagged
+# when, after its \text{...}-like groups and its commands are removed, three or more words of two
+# letters or more follow one another, which sentences do and formulas do not.
+_MATH = re.compile(r'<(span|div) class="math[^"]*"[^>]*>(.*?)</\1>', re.S)
+_TEXT_GROUPS = re.compile(r"\\(?:text\w*|math(?:rm|bf|it|sf|tt)|operatorname|mbox)\s*\{[^{}]*\}")
+_WORD_RUN = re.compile(r"(?:\b[A-Za-z]{2,}\b[ ,;:.]+){2,}\b[A-Za-z]{2,}\b")
+
+
+def prose_in_math(tex: str) -> str | None:
+    """The run of words that makes ``tex`` read as a sentence, or None where it reads as math."""
+    bare = re.sub(r"\\[A-Za-z]+", " ", _TEXT_GROUPS.sub(" ", tex))
+    run = _WORD_RUN.search(bare)
+    return run.group(0) if run else None
+
+
+def test_prose_in_math_tells_a_sentence_from_a_formula():
+    assert prose_in_math(r"\(73 of GPU time, where GPT-2 cost about \)")
+    assert prose_in_math("\\(\nWhere the update is already moving a weight away from zero \\)")
+    for formula in (r"\(\lambda = 0.2\,(12/\text{depth})^2\)", r"\(6(12Ld^2 + Vd) + 12LTd\)",
+                    r"\(\sum_{r'} g_{r'}[\text{block } r]\)", r"\(\text{tokens per step} = B T\)",
+                    r"\(\mathrm{lr}\,\big(u + \lambda\, \mathbb{1}[u \odot W \ge 0] \odot W\big)\)",
+                    r"\(\operatorname{softmax}(QK^T/\sqrt{d})\,V\)", r"\(\log_2 e \cdot \sin x\)"):
+        assert prose_in_math(formula) is None, formula
+
+
+def test_no_prose_typeset_as_math():
+    """The front page and every page of the book: a dollar amount or a sentence caught between two
+    `$` is typeset as math (write `\\$73` in Markdown); real math still renders (the MathJax test)."""
+    pages = sorted(HTML.rglob("*.html"))
+    assert (HTML / "intro.html") in pages and _pages(), "the front page or the chapters were not built"
+    found, count = [], 0
+    for page in pages:
+        for match in _MATH.finditer(page.read_text(encoding="utf-8", errors="replace")):
+            count += 1
+            tex = html.unescape(match.group(2))
+            if words := prose_in_math(tex):
+                found.append(f"{page.relative_to(HTML)}: {words!r} in {tex[:120]!r}")
+    assert count > 0, "no math found in the book: has dollarmath been switched off?"
+    assert not found, "prose typeset as math (escape the dollar sign as \\$, or put display math " \
+                      "between blank lines):\n" + "\n".join(found)
+
+
 def _has_widget_output(page: Path) -> bool:
     notebook = SRC / page.relative_to(HTML).with_suffix(".ipynb")
     if not notebook.exists():
@@ -150,6 +194,15 @@ def test_math_and_figure_render_offline(server):
     assert "<mjx-container" in dom and probe["mathjax"] > 0, f"{pages[0].name}: math not typeset"
     assert probe["images"] > 0 and probe["images_loaded"] == probe["images"], \
         f"{pages[0].name}: figures not loaded: {probe}"
+
+
+@needs_chromium
+@pytest.mark.enable_socket
+@pytest.mark.allow_hosts(["127.0.0.1"])
+def test_front_page_shows_the_dollar_amounts_as_text(server):
+    dom, probe = _render(server, HTML / "intro.html")
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert "$73 of GPU time" in text and "$43,000" in text, "the front page's dollar amounts are not plain text"
 
 
 @needs_chromium
