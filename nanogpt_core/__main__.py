@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(args: argparse.Namespace, eval_tokens: int = 10 * 2**20):
+def _data(args: argparse.Namespace):
     """The FineWeb-edu shards of ``--data`` with the ``--tokenizer`` trained on them, or None (the toy corpus)."""
     if not (args.data or args.tokenizer):
         return None
@@ -66,7 +66,7 @@ def _data(args: argparse.Namespace, eval_tokens: int = 10 * 2**20):
                                 f"`python -m nanogpt_core download --shards N --dir {args.data}`")
     from .download import fineweb_data
 
-    return fineweb_data(args.data, args.tokenizer, eval_tokens)
+    return fineweb_data(args.data, args.tokenizer)
 
 
 def _writable(flag: str, path: str | None, make_parents: bool = False) -> None:
@@ -197,11 +197,10 @@ def _speedrun(a: argparse.Namespace) -> int:
 
 def _evaluate_or_sample(args: argparse.Namespace) -> int:
     """Load a checkpoint with the data it was trained on; print its val bpb, or a sample."""
+    from .checkpoint import checkpoint_config, load_checkpoint
     from .data import toy_data
-    from .evaluate import evaluate, sample
-    from .model import GPT
+    from .evaluate import checkpoint_model, evaluate, sample, val_batches
     from .hardware import autocast_for, pick_device, use_bf16
-    from .train import checkpoint_config, load_checkpoint, load_weights, tokenizer_fingerprint
 
     if args.command == "sample" and args.tokens < 1:
         raise ConfigError(f"--tokens {args.tokens} must be at least 1 (new tokens to sample)")
@@ -211,22 +210,14 @@ def _evaluate_or_sample(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location=device)
     cfg = checkpoint_config(ckpt, args.checkpoint)
-    data = _data(args, cfg.train.eval_tokens) or toy_data(cfg.model.vocab_size)
-    if data.enc.n_vocab != cfg.model.vocab_size:
-        raise ConfigError(f"{args.checkpoint} has a vocabulary of {cfg.model.vocab_size} tokens but "
-                          f"{args.tokenizer or 'the toy tokenizer'} has {data.enc.n_vocab}: pass the --data and "
-                          "--tokenizer the run was trained with")
-    trained_with = ((ckpt.get("format") or {}).get("data") or {}).get("tokenizer")
-    if trained_with and trained_with != tokenizer_fingerprint(data.enc):
-        raise ConfigError(f"{args.checkpoint} was trained with another tokenizer than "
-                          f"{args.tokenizer or 'the toy corpus tokenizer'}: pass the --data and --tokenizer of its run")
-    model = GPT(cfg.model).to(device)
-    load_weights(model, ckpt["model"], args.checkpoint)
+    data = _data(args) or toy_data(cfg.model.vocab_size)
+    model = checkpoint_model(ckpt, args.checkpoint, data, device, args.tokenizer or "the toy corpus tokenizer")
     if args.command == "sample":
         print(args.prompt + sample(model, data.enc, args.prompt, max_new_tokens=args.tokens))
         return 0
     autocast = autocast_for(device, use_bf16(cfg.train.bf16, device))
-    metrics = evaluate(model, data.stream("val"), data.token_bytes, cfg.train.batch_size, cfg.train.eval_tokens, autocast)
+    batches = val_batches(data, cfg.train.batch_size, cfg.model.seq_len, cfg.train.eval_tokens)
+    metrics = evaluate(model, batches, data.token_bytes, autocast)
     print(f"step {ckpt['step']}: val loss {metrics['loss']:.4f} nats/token, {metrics['bpb']:.4f} bits per byte")
     if args.core:
         from .core_metric import core_score, load_bundle

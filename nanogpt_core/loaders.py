@@ -45,6 +45,11 @@ import numpy as np
 import torch
 
 POLICIES = ("greedy_crop", "greedy_pad", "bestfit")
+# Run 1's loader tokenizes a row group in batches of 128 documents and tops its buffer up one such
+# batch at a time (nanochat 348fbb3, dataloader.py: tokenizer_batch_size=128): a read ends after
+# 128 documents or at the end of a row group. The loaders here refill the same way, so that their
+# buffer, and so their rows, are run 1's.
+READ_DOCS = 128
 
 
 # ---- the packing policies, on documents of any kind (only their length matters) -------------
@@ -317,6 +322,13 @@ class DocumentSource:
             raise ValueError(f"document {where or index} has no tokens; every document must start with its BOS token")
         return Doc(ordinal, len(tokens), tokens, index, epoch, where)
 
+    def ends_a_read(self, doc: Doc) -> bool:
+        """Whether ``doc`` is the last of its read (see READ_DOCS): the last document of a row group,
+        or the last of a batch of READ_DOCS documents (of a row group, or of this rank's stream)."""
+        if self.positioned is not None:
+            return self.positioned.ends_read(doc.where, READ_DOCS)
+        return (doc.ordinal + 1) % READ_DOCS == 0
+
     def fetch(self, ordinals: Sequence[int]) -> dict[int, Doc]:
         """Already-consumed documents, by ordinal (to restore a buffer); a plain stream is replayed."""
         if self.docs is not None:
@@ -384,11 +396,16 @@ class DocumentLoader:
         self.step = 0
 
     def _refill(self) -> None:
+        """Top the buffer up to ``buffer_size`` documents, a whole read at a time, as run 1's loader."""
         while len(self.buffer) < self.buffer_size:
-            doc = self.source.next()
-            if self.bos_id is not None and doc.tokens[0] != self.bos_id:
-                raise ValueError(f"document {doc.index} does not start with BOS (id {self.bos_id}); tokenize with encode_documents")
-            self.buffer.push(doc)
+            while True:
+                doc = self.source.next()
+                if self.bos_id is not None and doc.tokens[0] != self.bos_id:
+                    raise ValueError(f"document {doc.index} does not start with BOS (id {self.bos_id}); "
+                                     "tokenize with encode_documents")
+                self.buffer.push(doc)
+                if self.source.ends_a_read(doc):
+                    break
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Rows are built in numpy: single-threaded, so a busy CPU cannot stall torch's thread pool here.

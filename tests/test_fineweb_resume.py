@@ -21,7 +21,7 @@ def shards(tmp_path_factory):
 
 def fresh(shards):
     """The shards as a new process would open them (nothing read yet)."""
-    return fineweb_data(shards, shards / "tok.json", val_tokens=1000)
+    return fineweb_data(shards, shards / "tok.json")
 
 
 def make_loader(kind, docs, rank=0, world_size=1):
@@ -94,7 +94,7 @@ def _worker(rank, world_size, phase, folder):
     torch.set_num_threads(1)
     folder = Path(folder)
     for stage in ("gpt2", "packing"):
-        data = fineweb_data(folder, folder / "tok.json", val_tokens=1000)
+        data = fineweb_data(folder, folder / "tok.json")
         cfg = tiny(stage, data.enc.n_vocab, steps=6)
         ckpt = folder / f"{stage}.pt"
         kwargs = {"whole": {}, "first": dict(checkpoint_path=ckpt, stop_after=3), "rest": dict(resume_from=ckpt)}[phase]
