@@ -87,9 +87,6 @@ def load_toy_corpus(max_chars: int = 1000) -> Corpus:
 
 # ---- FineWeb-edu: parquet shards with one `text` column --------------------------------------
 
-FINEWEB_REPO = "karpathy/fineweb-edu-100b-shuffle"  # shard_00000.parquet ...; the last shard is val
-
-
 def open_shard(path: str | Path):
     """A parquet shard as a ``pyarrow.parquet.ParquetFile`` (its footer only), checked for a `text` column."""
     import pyarrow.parquet as pq

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .data import iter_parquet_texts
+from .data import iter_parquet_texts, open_shard
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD = 1822  # the last shard of the dataset is shard_01822.parquet
@@ -45,16 +45,12 @@ def shard_name(index: int) -> str:
 
 
 def verify_parquet(path: str | Path) -> int:
-    """Raise DownloadError unless ``path`` is a parquet file with a ``text`` column; returns its row count."""
-    import pyarrow.parquet as pq
-
+    """Raise DownloadError unless ``path`` is a parquet file with a ``text`` column (``data.open_shard``'s
+    check); returns its row count."""
     try:
-        meta = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several error types for a damaged file
-        raise DownloadError(f"{path} is not a readable parquet file ({type(err).__name__}: {err})") from err
-    if "text" not in meta.schema_arrow.names:
-        raise DownloadError(f"{path} has no `text` column (columns: {meta.schema_arrow.names})")
-    return meta.metadata.num_rows
+        return open_shard(path).metadata.num_rows
+    except (ValueError, FileNotFoundError) as err:
+        raise DownloadError(str(err)) from err
 
 
 def _remote_size(response) -> int | None:

@@ -45,7 +45,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from .hardware import process_count
+from .hardware import all_gather_single, process_count, reduce_scatter_single
 
 # The original Muon quintic: chosen to maximize the slope at 0, not to converge to 1.
 NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -286,7 +286,7 @@ class Muon(torch.optim.Optimizer):
                 raise RuntimeError("distributed Muon needs a gradient for every parameter on every rank")
             grads[i].copy_(p.grad)
         my_grads = torch.empty(chunk, *p0.shape, dtype=p0.dtype, device=p0.device)
-        dist.reduce_scatter_tensor(my_grads, grads)  # SUM: gloo has no AVG reduce-scatter
+        reduce_scatter_single(my_grads, grads)  # SUM: gloo has no AVG reduce-scatter
         my_grads /= W
         start = self.rank * chunk
         owned = params[start : start + chunk]
@@ -294,5 +294,5 @@ class Muon(torch.optim.Optimizer):
         if owned:
             new[: len(owned)] = self._update_stack(group, owned, my_grads[: len(owned)])
         gathered = grads  # reuse the gradient buffer for the gathered values
-        dist.all_gather_into_tensor(gathered, new)
+        all_gather_single(gathered, new)
         torch._foreach_copy_(params, list(gathered[:K].unbind(0)))

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.optim.adamw import adamw as adamw_update  # the functional form of torch.optim.AdamW's step
 
 from .config import TrainConfig
-from .hardware import process_count
+from .hardware import all_gather_single, process_count, reduce_scatter_single
 from .muon import Muon
 
 
@@ -73,7 +73,7 @@ class ShardedAdamW(torch.optim.Optimizer):
                 if self.is_sharded(p):
                     rows = p.shape[0] // W
                     grad = torch.empty_like(p[:rows])
-                    dist.reduce_scatter_tensor(grad, p.grad.contiguous())  # SUM: gloo has no AVG
+                    reduce_scatter_single(grad, p.grad.contiguous())  # SUM: gloo has no AVG
                     values.append(p[self.rank * rows : (self.rank + 1) * rows].clone())
                     sharded.append((p, values[-1]))
                 else:
@@ -94,7 +94,7 @@ class ShardedAdamW(torch.optim.Optimizer):
                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
             )
             for p, mine in sharded:
-                dist.all_gather_into_tensor(p, mine)
+                all_gather_single(p, mine)
 
 
 # ---- the speedrun's optimizer: Muon for hidden matrices, AdamW for the rest -------------------

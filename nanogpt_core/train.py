@@ -64,10 +64,6 @@ class RunResult:
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "RunResult":
-        return cls(**json.loads(Path(path).read_text()))
-
     def summary(self) -> str:
         return (
             f"{self.stage} @ {self.scale}: {self.steps} steps, {self.tokens:,} tokens in {self.wall_seconds:.1f} s "
