@@ -295,3 +295,19 @@ def test_bits_per_byte_is_run_1s(loader_fx, shards, model_fx):
     result = evaluate(model, batches, fx["token_bytes"])
     assert result["bpb"] == pytest.approx(fx["bpb"], rel=1e-6)
     assert fx["total_nats"] / (math.log(2) * fx["total_bytes"]) == pytest.approx(fx["bpb"], rel=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs it there)")
+def test_on_cuda_the_forward_pass_is_run_1s_at_bf16_tolerance(model_fx):
+    """On a GPU, as the full run computes: bf16 autocast, FA3 where it loads, else SDPA. bf16 keeps
+    8 bits of mantissa (a relative rounding of 2^-8 per operation), so the logits agree with run 1's
+    fp32 CPU logits to a few hundredths of their spread, and the loss to about 1%."""
+    device = torch.device("cuda")
+    model = GPT(run1_config(device="cuda", bf16="on").model).to(device)
+    load_run1_weights(model, model_fx["weights"])
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(model_fx["idx"].to(device)).float().cpu()
+        loss = model(model_fx["idx"].to(device), model_fx["targets"].to(device)).item()
+    spread = model_fx["logits"].std().item()
+    assert (logits - model_fx["logits"]).abs().max().item() < 0.05 * spread + 0.05
+    assert loss == pytest.approx(model_fx["loss"], rel=0.01)
