@@ -37,6 +37,18 @@ def fixture(name: str) -> dict:
     return fx
 
 
+def recorded_with_this_torch(fx: dict) -> bool:
+    """Whether the fixture was recorded with this version of torch: another version may pick another
+    CPU kernel (SDPA, a bf16 matmul) that rounds differently, so bit-level comparisons need the same one."""
+    return fx["torch_version"] == str(torch.__version__)
+
+
+def needs_the_recording_torch(fx: dict) -> None:
+    if not recorded_with_this_torch(fx):
+        pytest.skip(f"bit-level comparison: the fixtures were recorded with torch {fx['torch_version']}, this is "
+                    f"{torch.__version__} (the locked run, constraints.txt, uses the recording version)")
+
+
 def run1_config(**train):
     """The `packing` stage (the full recipe) at the fixture's shape, run 1's optimizer settings."""
     c = fixture("model")["config"]
@@ -93,8 +105,12 @@ def test_the_forward_pass_is_run_1s_to_the_last_bit(model_fx):
     with torch.no_grad():
         logits = model(model_fx["idx"])
         losses = model(model_fx["idx"], model_fx["targets"], reduction="none")
-    assert torch.equal(logits, model_fx["logits"])
-    assert torch.equal(losses.flatten(), model_fx["loss_per_token"])
+    if recorded_with_this_torch(model_fx):
+        assert torch.equal(logits, model_fx["logits"])
+        assert torch.equal(losses.flatten(), model_fx["loss_per_token"])
+    else:  # another torch's fp32 CPU kernels: rounding only
+        torch.testing.assert_close(logits, model_fx["logits"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(losses.flatten(), model_fx["loss_per_token"], rtol=1e-5, atol=1e-5)
     mean = model(model_fx["idx"], model_fx["targets"]).item()
     assert mean == pytest.approx(model_fx["loss"], abs=1e-6)  # a mean over 124 of 128 targets (4 ignored)
 
@@ -185,6 +201,7 @@ def test_one_muon_step_is_run_1s_code(optimizer_fx, model_fx):
     """Given run 1's gradients, the package's Muon moves every matrix as run 1's fused step does when
     it runs as written (uncompiled): the same operations in the same order, rounding in bf16 where
     run 1's rounds, so to the last bit or within a few ulps of the result (tolerance 1e-5 of the update)."""
+    needs_the_recording_torch(optimizer_fx)
     ours, theirs = muon_after_one_step(optimizer_fx, model_fx), optimizer_fx["muon_eager_step1"]
     assert set(ours) == set(theirs) and len(theirs) == 26  # 16 attention, 8 MLP matrices, 2 value-embedding gates
     for name, w in theirs.items():
@@ -194,6 +211,7 @@ def test_one_muon_step_is_run_1s_code(optimizer_fx, model_fx):
 def test_q_k_and_v_handed_to_muon_fused_fail_the_comparison(optimizer_fx, model_fx):
     """The comparison has teeth: c_attn orthogonalized as one (3d, d) matrix (at sqrt(3) times the
     rate) moves q, k and v far from run 1's, while every other matrix still matches."""
+    needs_the_recording_torch(optimizer_fx)
     ours, theirs = muon_after_one_step(optimizer_fx, model_fx, fused_qkv=True), optimizer_fx["muon_eager_step1"]
     errors = {n: relative_update_error(model_fx["weights"][n], ours[n], w) for n, w in theirs.items()}
     qkv = [e for n, e in errors.items() if n.endswith(("c_q.weight", "c_k.weight", "c_v.weight"))]
@@ -208,6 +226,7 @@ def test_four_steps_stay_as_close_to_run_1s_compiled_run_as_run_1s_own_code(opti
     within 1.5 times that gap of run 1's compiled run on every matrix, the AdamW parameters after the
     first step within 1e-4 of their update (fp32 on both sides, the same gradients), and the losses
     within 0.01."""
+    needs_the_recording_torch(optimizer_fx)
     losses, states, _ = package_steps(optimizer_fx, model_fx["weights"], torch.bfloat16)
     assert losses[0] == optimizer_fx["losses"][0]  # before any update: exact
     assert losses == pytest.approx(optimizer_fx["losses"], abs=0.01)
