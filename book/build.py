@@ -20,7 +20,6 @@ from pathlib import Path
 
 import nbformat
 import yaml
-from jupyter_client import KernelManager
 from nbclient import NotebookClient
 
 BOOK = Path(__file__).resolve().parent
@@ -46,10 +45,8 @@ def warn(msg):
 def execute(path: Path, cwd: Path) -> None:
     """Run one notebook with nbclient and write it back, keeping the widget state."""
     nb = nbformat.read(path, as_version=4)
-    # ipc (unix sockets), not TCP: nothing listens on a port, and the kernel does not warn about it.
-    client = NotebookClient(nb, km=KernelManager(kernel_name="python3", transport="ipc"), timeout=600,
-                            store_widget_state=True, record_timing=False,
-                            resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
+                            record_timing=False, resources={"metadata": {"path": str(cwd)}})
     client.execute()
     nbformat.write(nb, path)
 

@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data(args: argparse.Namespace, eval_tokens: int = 10 * 2**20):
+def _data(args: argparse.Namespace):
     """The FineWeb-edu shards of ``--data`` with the ``--tokenizer`` trained on them, or None (the toy corpus)."""
     if not (args.data or args.tokenizer):
         return None
@@ -66,7 +66,7 @@ def _data(args: argparse.Namespace, eval_tokens: int = 10 * 2**20):
                                 f"`python -m nanogpt_core download --shards N --dir {args.data}`")
     from .download import fineweb_data
 
-    return fineweb_data(args.data, args.tokenizer, eval_tokens)
+    return fineweb_data(args.data, args.tokenizer)
 
 
 def _writable(flag: str, path: str | None, make_parents: bool = False) -> None:
@@ -118,7 +118,7 @@ _OVERRIDES = {
 
 
 def _full_run_commands(sub) -> None:
-    """The full run's commands: download, tokenizer, plan, speedrun (the toy scoreboard)."""
+    """The full run's commands: download, download-eval, tokenizer, plan, evaluate, sample."""
     p = sub.add_parser("download", help="download FineWeb-edu shards (resumable, verified)",
                        description="Download shards 0..N-1 of karpathy/fineweb-edu-100b-shuffle; the last is the val split.")
     p.add_argument("--shards", type=int, required=True,
@@ -129,7 +129,7 @@ def _full_run_commands(sub) -> None:
     p.set_defaults(func=_download)
     p = sub.add_parser("download-eval", help="download and unpack the CORE eval bundle (its 22 tasks' data)")
     p.add_argument("--dir", required=True, help="folder to unpack into (the bundle lands in DIR/eval_bundle)")
-    p.set_defaults(func=lambda a: print(_call("core_metric", "download_eval_bundle", a.dir)) or 0)
+    p.set_defaults(func=_download_eval)
     p = sub.add_parser("tokenizer", help="train the BPE tokenizer on downloaded shards")
     p.add_argument("--dir", required=True, help="folder with the parquet shards")
     p.add_argument("--vocab", type=int, default=32_768, help="vocabulary size including BOS (speedrun: 32768)")
@@ -152,17 +152,6 @@ def _full_run_commands(sub) -> None:
     p.add_argument("--price", type=float, default=3.0, help="dollars per GPU-hour")
     p.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
     p.set_defaults(func=_plan)
-    p = sub.add_parser("speedrun", help="the scoreboard: every ladder stage on this machine vs the gpt2 baseline")
-    p.add_argument("--scale", default="toy", choices=SCALES)
-    p.add_argument("--seconds", type=float, default=300.0, help="training seconds per stage (equal wall-time budget)")
-    p.add_argument("--stages", nargs="*", default=None, help="a subset of the ladder (default: every stage)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds; every stage runs with each (default: 0)")
-    p.add_argument("--eval-tokens", type=int, default=16_384, help="val tokens per evaluation (about 20 per run)")
-    p.add_argument("--cache", metavar="PATH", help="JSON-lines file of finished runs, reused on the next call")
-    p.add_argument("--run-out", action="store_true",
-                   help="run every stage to the end of its budget (default: a stage stops at the target)")
-    p.add_argument("--out", default="speedrun_scoreboard", help="path prefix for the .json and .png")
-    p.set_defaults(func=_speedrun)
     for name, text in (("evaluate", "val loss and bits per byte of a checkpoint"), ("sample", "sample text from a checkpoint")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--checkpoint", required=True, help="a checkpoint written by train --checkpoint")
@@ -179,6 +168,13 @@ def _full_run_commands(sub) -> None:
         p.set_defaults(func=_evaluate_or_sample)
 
 
+def _download_eval(a: argparse.Namespace) -> int:
+    from .core_metric import download_eval_bundle
+
+    print(download_eval_bundle(a.dir))
+    return 0
+
+
 def _download(a: argparse.Namespace) -> int:
     from .download import download_shards
 
@@ -186,22 +182,12 @@ def _download(a: argparse.Namespace) -> int:
     return 0
 
 
-def _speedrun(a: argparse.Namespace) -> int:
-    for stage in a.stages or []:  # before the first stage trains, not after
-        if stage not in STAGES:
-            raise ConfigError(f"--stages {stage}: no such stage; choose from {', '.join(STAGES)}")
-    if not a.seconds > 0:
-        raise ConfigError(f"--seconds {a.seconds:g} must be > 0 (training seconds per stage)")
-    return _call("lab.scoreboard", "main_cli", a)
-
-
 def _evaluate_or_sample(args: argparse.Namespace) -> int:
     """Load a checkpoint with the data it was trained on; print its val bpb, or a sample."""
+    from .checkpoint import checkpoint_config, load_checkpoint
     from .data import toy_data
-    from .evaluate import evaluate, sample
-    from .model import GPT
+    from .evaluate import checkpoint_model, evaluate, sample, val_batches
     from .hardware import autocast_for, pick_device, use_bf16
-    from .train import checkpoint_config, load_checkpoint, load_weights, tokenizer_fingerprint
 
     if args.command == "sample" and args.tokens < 1:
         raise ConfigError(f"--tokens {args.tokens} must be at least 1 (new tokens to sample)")
@@ -211,22 +197,14 @@ def _evaluate_or_sample(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, map_location=device)
     cfg = checkpoint_config(ckpt, args.checkpoint)
-    data = _data(args, cfg.train.eval_tokens) or toy_data(cfg.model.vocab_size)
-    if data.enc.n_vocab != cfg.model.vocab_size:
-        raise ConfigError(f"{args.checkpoint} has a vocabulary of {cfg.model.vocab_size} tokens but "
-                          f"{args.tokenizer or 'the toy tokenizer'} has {data.enc.n_vocab}: pass the --data and "
-                          "--tokenizer the run was trained with")
-    trained_with = ((ckpt.get("format") or {}).get("data") or {}).get("tokenizer")
-    if trained_with and trained_with != tokenizer_fingerprint(data.enc):
-        raise ConfigError(f"{args.checkpoint} was trained with another tokenizer than "
-                          f"{args.tokenizer or 'the toy corpus tokenizer'}: pass the --data and --tokenizer of its run")
-    model = GPT(cfg.model).to(device)
-    load_weights(model, ckpt["model"], args.checkpoint)
+    data = _data(args) or toy_data(cfg.model.vocab_size)
+    model = checkpoint_model(ckpt, args.checkpoint, data, device, args.tokenizer or "the toy corpus tokenizer")
     if args.command == "sample":
         print(args.prompt + sample(model, data.enc, args.prompt, max_new_tokens=args.tokens))
         return 0
     autocast = autocast_for(device, use_bf16(cfg.train.bf16, device))
-    metrics = evaluate(model, data.stream("val"), data.token_bytes, cfg.train.batch_size, cfg.train.eval_tokens, autocast)
+    batches = val_batches(data, cfg.train.batch_size, cfg.model.seq_len, cfg.train.eval_tokens)
+    metrics = evaluate(model, batches, data.token_bytes, autocast)
     print(f"step {ckpt['step']}: val loss {metrics['loss']:.4f} nats/token, {metrics['bpb']:.4f} bits per byte")
     if args.core:
         from .core_metric import core_score, load_bundle
@@ -237,37 +215,6 @@ def _evaluate_or_sample(args: argparse.Namespace) -> int:
             print(f"  {label:<36} accuracy {r['accuracy']:.4f}  centered {r['centered']:+.4f}  ({r['items']} items)")
         print(f"CORE {result['core']:.4f}  (GPT-2 1.5B: 0.2565; nanochat run 1: 0.2585)")
     return 0
-
-
-def _bench_command(sub) -> None:
-    p = sub.add_parser("bench", help="tokens/s of the gpt2, flash-attention and compile stages, and the attention backends",
-                       description="toy scale (default): the stages on this CPU, naive vs SDPA attention, the compiled "
-                                   "crossover and a step profile. --scale gpu: the GPU check on one CUDA GPU: every "
-                                   "attention backend against the naive reference, then the stages at gpu scale.")
-    p.add_argument("--scale", choices=("toy", "gpu"), default="toy", help="toy (CPU) or gpu (one CUDA GPU)")
-    p.add_argument("--steps", type=int, help="timed steps per variant and round (toy: 10, gpu: 100)")
-    p.add_argument("--warmup", type=int, help="untimed steps first; the first one compiles (toy: 2, gpu: 5)")
-    p.add_argument("--rounds", type=int, help="interleaved rounds; each variant reports its median (toy: 3, gpu: 1)")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (e.g. book/results/bench_toy.json)")
-    p.set_defaults(func=_bench)
-
-
-def _bench(a: argparse.Namespace) -> int:
-    from .lab import bench
-
-    given = {k: v for k, v in (("steps", a.steps), ("warmup", a.warmup), ("rounds", a.rounds)) if v is not None}
-    for name, value in given.items():  # what is not given keeps the function's default
-        if value < 1:
-            why = ": the first step compiles and is never timed" if name == "warmup" else ""
-            raise ConfigError(f"--{name}={value} must be at least 1{why}")
-    (bench.run_gpu_bench if a.scale == "gpu" else bench.run_bench)(json_path=a.json, **given)
-    return 0
-
-
-def _call(module: str, fn: str, *args):
-    import importlib
-
-    return getattr(importlib.import_module(f"nanogpt_core.{module}"), fn)(*args)
 
 
 def _tokenizer(args: argparse.Namespace) -> int:
@@ -324,9 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_train)
     _full_run_commands(sub)
-    _bench_command(sub)
     from .classroom import add_commands as classroom_commands  # student, exercises, grade
+    from .lab import add_commands as lab_commands  # speedrun, bench
 
+    lab_commands(sub)
     classroom_commands(sub)
     for command in sub.choices.values():  # --debug after the command too (SUPPRESS: it keeps the global one)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -19,6 +19,8 @@ PEAK_FLOPS = {
     "h200": 989e12,  # same compute as H100 SXM, more and faster memory
     "a100": 312e12,
     "tpu-v3": 123e12,  # per chip
+    # NVIDIA Ada Lovelace architecture whitepaper: RTX 4090, 165.2 TFLOP/s bf16 with fp32 accumulate
+    "rtx4090": 165.2e12,
 }
 
 

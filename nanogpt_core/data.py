@@ -87,9 +87,6 @@ def load_toy_corpus(max_chars: int = 1000) -> Corpus:
 
 # ---- FineWeb-edu: parquet shards with one `text` column --------------------------------------
 
-FINEWEB_REPO = "karpathy/fineweb-edu-100b-shuffle"  # shard_00000.parquet ...; the last shard is val
-
-
 def open_shard(path: str | Path):
     """A parquet shard as a ``pyarrow.parquet.ParquetFile`` (its footer only), checked for a `text` column."""
     import pyarrow.parquet as pq
@@ -135,14 +132,26 @@ class ParquetDocuments:
         if not self.paths:
             raise FileNotFoundError("no train shards: download them first (python -m nanogpt_core download)")
         self._groups: list[tuple[int, int]] | None = None
+        self._rows: dict[tuple[int, int], int] = {}  # rows of each (shard, row group)
         self._open: tuple[int, object] | None = None  # the shard read last, kept open
         self.groups_read = 0  # row groups read so far (a resume reads only the few it needs)
 
     def groups(self) -> list[tuple[int, int]]:
         """Every (shard, row group), in reading order (from the shards' footers, read once)."""
         if self._groups is None:
-            self._groups = [(s, g) for s, path in enumerate(self.paths) for g in range(open_shard(path).num_row_groups)]
+            self._rows = {}
+            for s, path in enumerate(self.paths):
+                meta = open_shard(path).metadata
+                self._rows.update({(s, g): meta.row_group(g).num_rows for g in range(meta.num_row_groups)})
+            self._groups = list(self._rows)
         return self._groups
+
+    def ends_read(self, position: Position, read_docs: int) -> bool:
+        """Whether the document at ``position`` is the last of a read of ``read_docs`` documents,
+        reads being counted from the start of its row group (the group's last read may be shorter)."""
+        _, shard, group, row = position
+        self.groups()
+        return row + 1 == self._rows[(shard, group)] or (row + 1) % read_docs == 0
 
     def _texts(self, shard: int, group: int) -> list[str]:
         if self._open is None or self._open[0] != shard:
@@ -234,12 +243,13 @@ class TokenizedCorpus:
 
     ``train_docs`` is a list (a corpus held in memory, e.g. the toy corpus) or a stream: a
     ``ParquetDocuments`` (FineWeb-edu shards, read and tokenized as training goes), or any
-    zero-argument function returning a fresh iterable of token lists. ``val_docs`` is a list.
+    zero-argument function returning a fresh iterable of token lists. ``val_docs`` is a list or
+    a ``ParquetDocuments`` (the val shard); ``evaluate.val_batches`` reads it in order.
     """
 
     enc: tiktoken.Encoding
     train_docs: list[list[int]] | ParquetDocuments | Callable[[], Iterable[list[int]]]
-    val_docs: list[list[int]]
+    val_docs: list[list[int]] | ParquetDocuments
     token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token, 0 for specials
     source: str
 
@@ -299,13 +309,3 @@ class TokenStreamLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
-
-
-def eval_batches(tokens: torch.Tensor, batch_size: int, seq_len: int, max_tokens: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive non-overlapping rows from the start of a stream: the same val set every time."""
-    n_rows = min(max_tokens // seq_len, (tokens.numel() - 1) // seq_len)
-    if n_rows < 1:
-        raise ValueError(f"the val stream ({tokens.numel()} tokens) is shorter than one row of {seq_len + 1}")
-    for i in range(0, n_rows, batch_size):
-        rows = torch.stack([tokens[r * seq_len : r * seq_len + seq_len + 1] for r in range(i, min(i + batch_size, n_rows))])
-        yield rows[:, :-1], rows[:, 1:]

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .data import iter_parquet_texts
+from .data import iter_parquet_texts, open_shard
 
 BASE_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD = 1822  # the last shard of the dataset is shard_01822.parquet
@@ -45,16 +45,12 @@ def shard_name(index: int) -> str:
 
 
 def verify_parquet(path: str | Path) -> int:
-    """Raise DownloadError unless ``path`` is a parquet file with a ``text`` column; returns its row count."""
-    import pyarrow.parquet as pq
-
+    """Raise DownloadError unless ``path`` is a parquet file with a ``text`` column (``data.open_shard``'s
+    check); returns its row count."""
     try:
-        meta = pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises several error types for a damaged file
-        raise DownloadError(f"{path} is not a readable parquet file ({type(err).__name__}: {err})") from err
-    if "text" not in meta.schema_arrow.names:
-        raise DownloadError(f"{path} has no `text` column (columns: {meta.schema_arrow.names})")
-    return meta.metadata.num_rows
+        return open_shard(path).metadata.num_rows
+    except (ValueError, FileNotFoundError) as err:
+        raise DownloadError(str(err)) from err
 
 
 def _remote_size(response) -> int | None:
@@ -157,15 +153,16 @@ def train_tokenizer_on_shards(data_dir: str | Path, vocab_size: int = 32_768, ma
     return train_tokenizer(texts(), vocab_size, name=f"fineweb{vocab_size}")
 
 
-def fineweb_data(data_dir: str | Path, tokenizer_path: str | Path, val_tokens: int = 10 * 2**20):
-    """The downloaded shards as a ``TokenizedCorpus`` for ``train``, without holding them in memory.
+def fineweb_data(data_dir: str | Path, tokenizer_path: str | Path):
+    """The downloaded shards as a ``TokenizedCorpus``, without holding them in memory.
 
     ``train_docs`` is a ``data.ParquetDocuments`` over the train shards (all but the last):
     documents are read and tokenized as training goes, every rank reads its own row groups,
     and a checkpoint records a position in the shards. Every stage trains on it: the plain
     token stream (``gpt2`` to ``value-embeddings``) through ``loaders.ConsecutiveLoader``,
     the BOS-aligned loaders (``bos-loader``, ``packing``) through ``loaders.DocumentLoader``.
-    ``val_docs`` holds the first ``val_tokens`` tokens of the val shard (the last one).
+    ``val_docs`` is the same over the val shard (the last one), read from its start at every
+    evaluation, each rank its own row groups, as run 1 reads it (``evaluate.val_batches``).
     """
     from .data import ParquetDocuments, TokenizedCorpus, fineweb_shards
     from .tokenizer import bos_id, load_tokenizer, token_bytes
@@ -176,11 +173,6 @@ def fineweb_data(data_dir: str | Path, tokenizer_path: str | Path, val_tokens: i
     def encode(texts: list[str]) -> list[list[int]]:
         return [[bos, *ids] for ids in enc.encode_ordinary_batch(texts)]
 
-    val_docs, n = [], 0
-    for text in iter_parquet_texts(fineweb_shards(data_dir, "val")):
-        val_docs.append([bos, *enc.encode_ordinary(text)])
-        n += len(val_docs[-1])
-        if n > val_tokens:
-            break
     train_docs = ParquetDocuments(fineweb_shards(data_dir, "train"), encode)
+    val_docs = ParquetDocuments(fineweb_shards(data_dir, "val"), encode)
     return TokenizedCorpus(enc, train_docs, val_docs, token_bytes(enc), source=f"FineWeb-edu shards in {data_dir}")

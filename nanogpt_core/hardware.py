@@ -67,6 +67,12 @@ def process_count() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+# The one-tensor collectives: torch 2.13 names them reduce_scatter_single and all_gather_single and
+# deprecates reduce_scatter_tensor and all_gather_into_tensor, the only names torch 2.11 has.
+reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def _cpuinfo(*keys: str) -> str | None:
     """The value of the first /proc/cpuinfo line starting with one of ``keys`` (Linux), else None."""
     with contextlib.suppress(OSError):

@@ -36,15 +36,19 @@ stream for documents streamed from disk.
 from __future__ import annotations
 
 import bisect
-import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 POLICIES = ("greedy_crop", "greedy_pad", "bestfit")
+# Run 1's loader tokenizes a row group in batches of 128 documents and tops its buffer up one such
+# batch at a time (nanochat 348fbb3, dataloader.py: tokenizer_batch_size=128): a read ends after
+# 128 documents or at the end of a row group. The loaders here refill the same way, so that their
+# buffer, and so their rows, are run 1's.
+READ_DOCS = 128
 
 
 # ---- the packing policies, on documents of any kind (only their length matters) -------------
@@ -166,49 +170,7 @@ class PackingStats:
                 "pad_fraction": self.pad_fraction}
 
 
-class FiniteStream:
-    """A finite list of document lengths feeding a buffer: ``refill()`` tops it up to ``want``
-    documents (1 for the greedy policies, the buffer size for BestFit-Crop) until the lengths
-    run out, after which ``exhausted`` is True and the buffer only drains."""
-
-    def __init__(self, lengths: Iterable[int], policy: str, buffer_size: int):
-        self.buffer, self.exhausted = DocBuffer(), False
-        self.want = buffer_size if policy == "bestfit" else 1
-        self._it, self._counter = iter(lengths), itertools.count()
-
-    def refill(self) -> None:
-        while len(self.buffer) < self.want and not self.exhausted:
-            length = next(self._it, None)
-            if length is None:
-                self.exhausted = True
-            elif length < 1:
-                raise ValueError(f"document lengths must be >= 1, got {length}")
-            else:
-                self.buffer.push(Doc(next(self._counter), int(length)))
-
-
-def simulate_packing(lengths: Iterable[int], seq_len: int, policy: str = "bestfit", buffer_size: int = 1000,
-                     rows: int | None = None) -> tuple[PackingStats, list[list[tuple[int, int]]]]:
-    """Pack documents of the given lengths (no tokens) into rows of ``seq_len + 1``.
-
-    Runs until ``rows`` rows are made, or until every document is used: at the end of
-    ``lengths`` the buffer is drained, so all policies are charged for the same documents
-    (the last row may end in padding). Returns the stats and the layout: per row, (ordinal, taken).
-    """
-    _check_args(1, seq_len, policy, buffer_size)
-    capacity, stream = seq_len + 1, FiniteStream(lengths, policy, buffer_size)
-    stats, layout = PackingStats(), []
-    while rows is None or stats.rows < rows:
-        stream.refill()
-        if not stream.buffer:
-            break
-        pieces, pad = fill_row(stream.buffer, capacity, policy, stream.refill)
-        stats.add_row(pieces, pad, capacity)
-        layout.append([(doc.ordinal, take) for doc, take in pieces])
-    return stats, layout
-
-
-def _check_args(batch_size: int, seq_len: int, policy: str, buffer_size: int) -> None:
+def check_args(batch_size: int, seq_len: int, policy: str, buffer_size: int) -> None:
     if policy not in POLICIES:
         raise ValueError(f"policy={policy!r} is not known; choose one of {', '.join(map(repr, POLICIES))}")
     if seq_len < 2:
@@ -317,6 +279,13 @@ class DocumentSource:
             raise ValueError(f"document {where or index} has no tokens; every document must start with its BOS token")
         return Doc(ordinal, len(tokens), tokens, index, epoch, where)
 
+    def ends_a_read(self, doc: Doc) -> bool:
+        """Whether ``doc`` is the last of its read (see READ_DOCS): the last document of a row group,
+        or the last of a batch of READ_DOCS documents (of a row group, or of this rank's stream)."""
+        if self.positioned is not None:
+            return self.positioned.ends_read(doc.where, READ_DOCS)
+        return (doc.ordinal + 1) % READ_DOCS == 0
+
     def fetch(self, ordinals: Sequence[int]) -> dict[int, Doc]:
         """Already-consumed documents, by ordinal (to restore a buffer); a plain stream is replayed."""
         if self.docs is not None:
@@ -375,7 +344,7 @@ class DocumentLoader:
 
     def __init__(self, docs, batch_size: int, seq_len: int, policy: str = "bestfit", buffer_size: int = 1000,
                  seed: int = 0, rank: int = 0, world_size: int = 1, bos_id: int | None = None, pad_id: int = 0):
-        _check_args(batch_size, seq_len, policy, buffer_size)
+        check_args(batch_size, seq_len, policy, buffer_size)
         self.B, self.T, self.policy = batch_size, seq_len, policy
         self.buffer_size = buffer_size if policy == "bestfit" else 1  # greedy policies read in stream order
         self.bos_id, self.pad_id = bos_id, pad_id
@@ -384,11 +353,16 @@ class DocumentLoader:
         self.step = 0
 
     def _refill(self) -> None:
+        """Top the buffer up to ``buffer_size`` documents, a whole read at a time, as run 1's loader."""
         while len(self.buffer) < self.buffer_size:
-            doc = self.source.next()
-            if self.bos_id is not None and doc.tokens[0] != self.bos_id:
-                raise ValueError(f"document {doc.index} does not start with BOS (id {self.bos_id}); tokenize with encode_documents")
-            self.buffer.push(doc)
+            while True:
+                doc = self.source.next()
+                if self.bos_id is not None and doc.tokens[0] != self.bos_id:
+                    raise ValueError(f"document {doc.index} does not start with BOS (id {self.bos_id}); "
+                                     "tokenize with encode_documents")
+                self.buffer.push(doc)
+                if self.source.ends_a_read(doc):
+                    break
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Rows are built in numpy: single-threaded, so a busy CPU cannot stall torch's thread pool here.
@@ -462,7 +436,7 @@ class ConsecutiveLoader:
     """
 
     def __init__(self, docs, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        _check_args(batch_size, seq_len, "bestfit", 1)
+        check_args(batch_size, seq_len, "bestfit", 1)
         self.B, self.T = batch_size, seq_len
         self.source = DocumentSource(docs, seed, rank, world_size)
         self.pending: list[Doc] = []  # documents whose tokens are not all used yet, in stream order
@@ -497,29 +471,3 @@ class ConsecutiveLoader:
         self.step = int(state["step"])
         self.pending = self.source.load_state_dict(state)
         self.offset = int(state["offset"])
-
-
-def pack_to_the_end(lengths: Iterable[int], seq_len: int, policy: str = "bestfit", buffer_size: int = 1000) -> dict:
-    """Pack a finite stream of document lengths until every document is used, row by row.
-
-    Returns ``rows`` (per row, (length, taken) of its pieces), ``drain_start`` (the first row filled
-    after the stream ran out), ``docs_used`` (documents taken out of the buffer after each row) and
-    ``long_share`` (the share of the buffer longer than a row, before each row).
-    """
-    capacity, stream = seq_len + 1, FiniteStream(lengths, policy, buffer_size)
-    buffer = stream.buffer
-    rows, docs_used, long_share, drain_start, used = [], [], [], None, 0
-    while True:
-        stream.refill()
-        if not buffer:
-            break
-        if stream.exhausted and drain_start is None:
-            drain_start = len(rows)
-        fitting = bisect.bisect(buffer.keys, (capacity, math.inf))  # the buffer is sorted by length
-        long_share.append((len(buffer) - fitting) / len(buffer))
-        pieces, _ = fill_row(buffer, capacity, policy, stream.refill)
-        used += len(pieces)
-        rows.append([(doc.length, take) for doc, take in pieces])
-        docs_used.append(used)
-    return {"rows": rows, "drain_start": len(rows) if drain_start is None else drain_start,
-            "docs_used": docs_used, "long_share": long_share}

@@ -55,7 +55,7 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 
 def rotary_tables(seq_len: int, head_dim: int, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the RoPE angles, each (seq_len, head_dim/2): angle[t, i] = t * base^(-2i/head_dim)."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
 
@@ -170,9 +170,9 @@ class GPT(nn.Module):
             self.resid_lambdas = nn.Parameter(torch.ones(cfg.n_layer))
             self.x0_lambdas = nn.Parameter(torch.full((cfg.n_layer,), 0.1))
         if cfg.pos_emb == "rope":
-            cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim, cfg.rope_base)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            cos, sin = rotary_tables(cfg.seq_len, cfg.head_dim, cfg.rope_base)  # kept in bf16, as run 1 keeps them
+            self.register_buffer("rope_cos", cos.bfloat16(), persistent=False)
+            self.register_buffer("rope_sin", sin.bfloat16(), persistent=False)
         self.init_weights()
 
     @torch.no_grad()

@@ -25,6 +25,13 @@ One Muon step for a matrix W (rows x cols), as in nanochat's optim.py:
     W  <- W - lr_eff (O + wd * 1[O * W >= 0] * W)    cautious weight decay
     lr_eff = lr * sqrt(max(1, rows / cols))
 
+"A matrix" is what run 1 has: its attention projects q, k and v with three (d, d) matrices, so
+they are orthogonalized apart, each at lr. The course's GPT keeps q|k|v in one (3d, d) layer
+(c_attn, as GPT-2); handing that to Muon whole would orthogonalize the three together and step
+at sqrt(3) lr. ``matrix_shape=(d, d)`` makes Muon see the three matrices run 1 sees. The
+momentum warmup (beta) and the decay of wd are the training loop's (schedules.py), as the
+learning rate's.
+
 The distributed path (world_size > 1) gives each rank whole matrices: gradients of same-shape
 matrices are stacked, padded to a multiple of the world size and reduce-scattered; each rank
 updates the matrices it owns (and keeps their optimizer state only); the new values are
@@ -38,8 +45,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from .hardware import process_count
-from .schedules import momentum_at, weight_decay_at
+from .hardware import all_gather_single, process_count, reduce_scatter_single
 
 # The original Muon quintic: chosen to maximize the slope at 0, not to converge to 1.
 NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -95,22 +101,25 @@ def orthogonalize(
     """Approximately U V^T for G = U S V^T; works on a matrix (m, n) or a stack (..., m, n).
 
     G is first divided by its Frobenius norm (times 1.02 for Polar Express, as nanochat does,
-    a safety margin for bf16 rounding), so every singular value lies in [0, 1]. Tall matrices
-    are transposed so that the Gram matrix A is the smaller one (X^T X instead of X X^T).
-    ``dtype``: bf16 by default on CUDA, fp32 on CPU. The result has that dtype.
+    a safety margin for bf16 rounding), so every singular value lies in [0, 1]. A tall matrix
+    iterates on the smaller Gram matrix A = X^T X, with X <- a X + X (b A + c A^2).
+    ``dtype``: bf16 by default on CUDA, fp32 on CPU. The result has that dtype. The operations
+    are run 1's, in its order (nanochat 348fbb3, optim.py), so that in bf16 they round as its do.
     """
     if G.ndim < 2:
         raise ValueError(f"orthogonalize needs a matrix or a stack of matrices, got shape {tuple(G.shape)}")
     coeffs = iteration_coeffs(method, steps)
     X = G.to(dtype or default_dtype(G.device))
-    tall = X.size(-2) > X.size(-1)
-    if tall:
-        X = X.mT
     safety = 1.02 if method == "polar_express" else 1.0
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + 1e-7)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + 1e-6)
+    if X.size(-2) > X.size(-1):  # tall
+        for a, b, c in coeffs:
+            A = X.mT @ X
+            X = a * X + X @ (b * A + c * (A @ A))
+        return X
     for a, b, c in coeffs:
         X = newton_schulz_step(X, a, b, c)
-    return X.mT if tall else X
+    return X
 
 
 def normuon_normalize(O: torch.Tensor, second_moment: torch.Tensor, beta2: float | torch.Tensor) -> torch.Tensor:
@@ -118,15 +127,17 @@ def normuon_normalize(O: torch.Tensor, second_moment: torch.Tensor, beta2: float
 
     v <- beta2 v + (1 - beta2) mean(O^2) per row (per column when the matrix is wide), in
     place in ``second_moment`` (shape (..., rows, 1) or (..., 1, cols)); returns O / sqrt(v)
-    rescaled to the Frobenius norm of O.
+    rescaled to the Frobenius norm of O, in O's dtype. The statistics are fp32; the operations
+    are run 1's, in its order.
     """
     red_dim = -1 if O.size(-2) >= O.size(-1) else -2
-    O32 = O.float()
-    second_moment.lerp_(O32.square().mean(dim=red_dim, keepdim=True).to(second_moment.dtype), 1 - beta2)
-    scaled = O32 * second_moment.float().clamp_min(1e-10).rsqrt()
-    norm_before = O32.norm(dim=(-2, -1), keepdim=True)
-    norm_after = scaled.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-10)
-    return (scaled * (norm_before / norm_after)).to(O.dtype)
+    n = O.size(red_dim)
+    mean_sq = O.float().square().mean(dim=red_dim, keepdim=True)
+    norm_before = (mean_sq.sum(dim=(-2, -1), keepdim=True) * n).sqrt()
+    second_moment.lerp_(mean_sq.to(second_moment.dtype), 1 - beta2)
+    step = second_moment.clamp_min(1e-10).rsqrt()
+    norm_after = ((mean_sq * n) * step.float().square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    return O * (step * (norm_before / norm_after.clamp_min(1e-10))).to(O.dtype)
 
 
 def cautious_weight_decay(W: torch.Tensor, update: torch.Tensor, lr, wd) -> torch.Tensor:
@@ -159,26 +170,33 @@ def muon_update_(
     """One Muon step, in place, on a matrix or a stack of same-shape matrices (see the module doc).
 
     ``lr`` is the group's learning rate; the shape factor is applied here. ``second_moment``
-    None turns NorMuon off.
+    None turns NorMuon off. ``grad`` is overwritten. The hyper-parameters become 0-d tensors of the
+    update's dtype, and the operations follow run 1's fused step in its order (nanochat 348fbb3,
+    optim.muon_step_fused): in bf16 the update rounds where run 1's rounds.
     """
+    momentum = torch.tensor(momentum, dtype=torch.float32).to(grad.dtype)
     momentum_buffer.lerp_(grad, 1 - momentum)
-    g = grad.lerp(momentum_buffer, momentum)
-    O = orthogonalize(g, steps, method, dtype).to(param.dtype)
+    g = grad.lerp_(momentum_buffer, momentum)
+    O = orthogonalize(g, steps, method, dtype)
     if second_moment is not None:
-        O = normuon_normalize(O, second_moment, beta2)
-    lr = lr * shape_lr_factor(param.size(-2), param.size(-1))
+        O = normuon_normalize(O, second_moment, torch.tensor(beta2, dtype=torch.float32).to(O.dtype))
+    lr = torch.tensor(lr * shape_lr_factor(param.size(-2), param.size(-1)), dtype=torch.float32).to(O.dtype)
+    weight_decay = torch.tensor(weight_decay, dtype=torch.float32).to(O.dtype)
     mask = (O * param) >= 0
-    param.sub_(lr * (O + weight_decay * mask * param))
+    param.sub_(lr * O + lr * weight_decay * param * mask)
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D (or stacked) weight matrices, single- or multi-process.
+    """Muon for 2-D weight matrices, single- or multi-process: a plain update rule.
 
-    Per group: ``lr`` (0.02), ``momentum`` (0.95, warmed up from ``momentum_start`` 0.85 over
-    ``momentum_warmup`` 300 steps), ``beta2`` (NorMuon, 0.95; None turns it off),
-    ``weight_decay`` (cautious; decays linearly to 0 over ``total_steps`` when that is set),
-    ``ns_steps`` (5), ``method`` ("polar_express" or "newton_schulz"). ``dtype`` is the
-    orthogonalization's precision (default: bf16 on CUDA, fp32 on CPU).
+    Per group: ``lr`` (0.02), ``momentum`` (0.95), ``beta2`` (NorMuon, 0.95; None turns it off),
+    ``weight_decay`` (cautious), ``ns_steps`` (5), ``method`` ("polar_express" or "newton_schulz")
+    and ``matrix_shape``: None (each parameter is one matrix) or (rows, cols), each parameter then
+    being a stack of such matrices along its rows, each orthogonalized on its own; a fused q|k|v
+    projection of shape (3d, d) with ``matrix_shape=(d, d)`` is updated exactly as run 1 updates
+    its three separate (d, d) matrices. Every step reads ``lr``, ``momentum`` and ``weight_decay``
+    from the groups as they are: the training loop schedules them (``schedules.apply_schedules``).
+    ``dtype`` is the orthogonalization's precision (default: bf16 on CUDA, fp32 on CPU).
 
     With ``world_size > 1`` (inside an initialized process group) ``step()`` averages the
     gradients of its own parameters across processes itself: do not all-reduce them before.
@@ -186,22 +204,19 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params, lr: float = 0.02, momentum: float = 0.95, momentum_start: float = 0.85,
-        momentum_warmup: int = 300, beta2: float | None = 0.95, weight_decay: float = 0.0,
-        total_steps: int | None = None, ns_steps: int = 5, method: str = "polar_express",
-        dtype: torch.dtype | None = None, world_size: int | None = None,
+        self, params, lr: float = 0.02, momentum: float = 0.95, beta2: float | None = 0.95,
+        weight_decay: float = 0.0, ns_steps: int = 5, method: str = "polar_express",
+        matrix_shape: tuple[int, int] | None = None, dtype: torch.dtype | None = None, world_size: int | None = None,
     ):
         iteration_coeffs(method, ns_steps)  # validates both
         if lr <= 0 or not 0 <= momentum < 1 or (beta2 is not None and not 0 <= beta2 < 1):
             raise ValueError(f"need lr > 0, 0 <= momentum < 1, 0 <= beta2 < 1; got {lr}, {momentum}, {beta2}")
-        defaults = dict(lr=lr, momentum=momentum, momentum_start=momentum_start, momentum_warmup=momentum_warmup,
-                        beta2=beta2, weight_decay=weight_decay, total_steps=total_steps, ns_steps=ns_steps,
-                        method=method, step=0)
+        defaults = dict(kind="muon", lr=lr, momentum=momentum, beta2=beta2, weight_decay=weight_decay,
+                        ns_steps=ns_steps, method=method, matrix_shape=matrix_shape)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
-                if p.ndim < 2:
-                    raise ValueError(f"Muon takes matrices only; got a parameter of shape {tuple(p.shape)}, give it to AdamW")
+                self.matrices(p, group)  # raises for a parameter Muon cannot take
         self.dtype = dtype
         if world_size is None:
             world_size = process_count()
@@ -210,37 +225,39 @@ class Muon(torch.optim.Optimizer):
         self.self_synced_params = [p for g in self.param_groups for p in g["params"]] if world_size > 1 else []
 
     @staticmethod
-    def scheduled(group: dict) -> dict:
-        """This step's momentum and weight decay (warmup / linear decay), from the group's counter."""
-        step = group["step"]
-        return dict(momentum=momentum_at(step, group["momentum_start"], group["momentum"], group["momentum_warmup"]),
-                    lr=group["lr"], weight_decay=weight_decay_at(step, group["weight_decay"], group["total_steps"]),
-                    beta2=group["beta2"] or 0.0)
+    def matrices(p: torch.Tensor, group: dict) -> tuple[int, int, int]:
+        """(count, rows, cols): ``p`` as the stack of matrices Muon orthogonalizes one by one."""
+        if p.ndim != 2:
+            raise ValueError(f"Muon takes matrices only; got a parameter of shape {tuple(p.shape)}, give it to AdamW")
+        rows, cols = group["matrix_shape"] or p.shape
+        if cols != p.shape[1] or p.shape[0] % rows:
+            raise ValueError(f"matrix_shape {(rows, cols)} does not tile a parameter of shape {tuple(p.shape)}")
+        return p.shape[0] // rows, rows, cols
 
-    def _state_for(self, p: torch.Tensor, use_normuon: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _state_for(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p)
-            if use_normuon:
-                rows, cols = p.shape[-2:]
-                shape = (*p.shape[:-1], 1) if rows >= cols else (*p.shape[:-2], 1, cols)
+            if group["beta2"] is not None:  # NorMuon: one second moment per row (per column if wide) of each matrix
+                count, rows, cols = self.matrices(p, group)
+                shape = (count, rows, 1) if rows >= cols else (count, 1, cols)
                 state["second_moment"] = torch.zeros(shape, dtype=torch.float32, device=p.device)
         return state["momentum_buffer"], state.get("second_moment")
 
     def _update_stack(self, group: dict, params: list[torch.Tensor], grads: torch.Tensor) -> torch.Tensor:
         """Update ``params`` (same shape) with stacked ``grads``; returns the stacked new values."""
-        use_normuon = group["beta2"] is not None
-        states = [self._state_for(p, use_normuon) for p in params]
-        stacked = torch.stack([p.detach() for p in params])
-        buf = torch.stack([s[0] for s in states])
-        v = torch.stack([s[1] for s in states]) if use_normuon else None
-        muon_update_(stacked, grads, buf, v, **self.scheduled(group), steps=group["ns_steps"], method=group["method"],
-                     dtype=self.dtype)
+        matrices = (len(params), *self.matrices(params[0], group))  # (params, matrices per param, rows, cols)
+        states = [self._state_for(p, group) for p in params]
+        stacked = torch.stack([p.detach() for p in params]).view(matrices)
+        buf = torch.stack([s[0] for s in states]).view(matrices)
+        v = torch.stack([s[1] for s in states]) if group["beta2"] is not None else None
+        muon_update_(stacked, grads.view(matrices), buf, v, group["momentum"], group["lr"], group["weight_decay"],
+                     group["beta2"] or 0.0, steps=group["ns_steps"], method=group["method"], dtype=self.dtype)
         for i, (b, s) in enumerate(states):
-            b.copy_(buf[i])
+            b.copy_(buf[i].view_as(b))
             if s is not None:
                 s.copy_(v[i])
-        return stacked
+        return stacked.view(len(params), *params[0].shape)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -257,7 +274,6 @@ class Muon(torch.optim.Optimizer):
                     torch._foreach_copy_(params, list(new.unbind(0)))
                 else:
                     self._step_distributed(group, params)
-            group["step"] += 1
 
     def _step_distributed(self, group: dict, params: list[torch.Tensor]) -> None:
         """Reduce-scatter the stacked gradients, update the owned matrices, all-gather."""
@@ -270,7 +286,7 @@ class Muon(torch.optim.Optimizer):
                 raise RuntimeError("distributed Muon needs a gradient for every parameter on every rank")
             grads[i].copy_(p.grad)
         my_grads = torch.empty(chunk, *p0.shape, dtype=p0.dtype, device=p0.device)
-        dist.reduce_scatter_tensor(my_grads, grads)  # SUM: gloo has no AVG reduce-scatter
+        reduce_scatter_single(my_grads, grads)  # SUM: gloo has no AVG reduce-scatter
         my_grads /= W
         start = self.rank * chunk
         owned = params[start : start + chunk]
@@ -278,5 +294,5 @@ class Muon(torch.optim.Optimizer):
         if owned:
             new[: len(owned)] = self._update_stack(group, owned, my_grads[: len(owned)])
         gathered = grads  # reuse the gradient buffer for the gathered values
-        dist.all_gather_into_tensor(gathered, new)
+        all_gather_single(gathered, new)
         torch._foreach_copy_(params, list(gathered[:K].unbind(0)))

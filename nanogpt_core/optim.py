@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch.optim.adamw import adamw as adamw_update  # the functional form of torch.optim.AdamW's step
 
 from .config import TrainConfig
-from .hardware import process_count
+from .hardware import all_gather_single, process_count, reduce_scatter_single
 from .muon import Muon
 
 
@@ -28,9 +28,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     ]
     # fused: one kernel for the whole update (the `compile` stage; see compile.py for why not torch.compile)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=cfg.compile or None)
-    for group in opt.param_groups:
-        group["initial_lr"] = group["lr"]
-    return opt
+    return with_schedule_bases(opt)
 
 
 class ShardedAdamW(torch.optim.Optimizer):
@@ -75,7 +73,7 @@ class ShardedAdamW(torch.optim.Optimizer):
                 if self.is_sharded(p):
                     rows = p.shape[0] // W
                     grad = torch.empty_like(p[:rows])
-                    dist.reduce_scatter_tensor(grad, p.grad.contiguous())  # SUM: gloo has no AVG
+                    reduce_scatter_single(grad, p.grad.contiguous())  # SUM: gloo has no AVG
                     values.append(p[self.rank * rows : (self.rank + 1) * rows].clone())
                     sharded.append((p, values[-1]))
                 else:
@@ -96,7 +94,7 @@ class ShardedAdamW(torch.optim.Optimizer):
                 weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
             )
             for p, mine in sharded:
-                dist.all_gather_into_tensor(p, mine)
+                all_gather_single(p, mine)
 
 
 # ---- the speedrun's optimizer: Muon for hidden matrices, AdamW for the rest -------------------
@@ -175,8 +173,9 @@ def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
     tables ``embedding_lr`` (both times (d_model / 768)^-0.5, nanochat's width rule), a learned
     position table the rate of the token table (the head's when tied), residual
     scalars ``scalar_lr`` * 0.01, x0 scalars ``scalar_lr`` with beta1 0.96, norm gains and
-    biases the baseline ``lr``. Muon for the block matrices at ``matrix_lr``, cautious weight
-    decay ``muon_weight_decay`` * (12 / n_layer)^2 decayed linearly to 0 over the run.
+    biases the baseline ``lr``. Muon for the block matrices at ``matrix_lr`` (q, k and v apart, as
+    run 1: ``muon_groups``), cautious weight decay ``muon_weight_decay`` * (12 / n_layer)^2; the
+    training loop decays it linearly to 0 over the run and warms the momentum up (``apply_schedules``).
     """
     roles = route_parameters(model)
     tied = model.lm_head.weight is model.wte.weight
@@ -193,24 +192,36 @@ def build_muon_adamw(model: torch.nn.Module, cfg) -> MuonAdamW:
         "vector": dict(lr=cfg.lr, betas=betas),
     }
     adam_groups = [dict(params=roles[r], role=r, **kw) for r, kw in spec.items() if roles[r]]
-    n_layer = model.cfg.n_layer
-    muon_params = roles["muon"]
     # one process: torch's AdamW; several: the same update with its state split across them
     adamw = ShardedAdamW if process_count() > 1 else torch.optim.AdamW
     optimizers = {"adamw": adamw(adam_groups, eps=1e-10, weight_decay=0.0)}
-    if muon_params:
-        groups = {}
-        for p in muon_params:  # one group per shape: the stacks that are updated together
-            groups.setdefault(tuple(p.shape), []).append(p)
-        optimizers["muon"] = Muon(
-            [dict(params=ps, role="muon") for ps in groups.values()], lr=cfg.matrix_lr,
-            momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay * (12 / n_layer) ** 2,
-            total_steps=cfg.steps,
-        )
+    if roles["muon"]:
+        optimizers["muon"] = Muon(muon_groups(model, roles["muon"]), lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
+                                  weight_decay=cfg.muon_weight_decay * (12 / model.cfg.n_layer) ** 2)
     opt = MuonAdamW(optimizers)
     if opt.self_synced_params and cfg.grad_clip:
         raise ValueError("grad_clip needs the averaged gradients, but distributed Muon averages its own inside step(); "
                          "set grad_clip=0 (the muon stage does: nanochat runs without clipping)")
+    return with_schedule_bases(opt)
+
+
+def muon_groups(model: torch.nn.Module, matrices: list[torch.Tensor]) -> list[dict]:
+    """Muon's groups: one per shape of matrix, each updated as one stack. The fused q|k|v
+    projections (c_attn, 3d x d) are handed over as three (d, d) matrices each, run 1's q, k and v."""
+    qkv = {id(block.attn.c_attn.weight) for block in model.blocks}
+    d = model.cfg.n_embd
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in matrices:
+        matrix_shape = (d, d) if id(p) in qkv else tuple(p.shape)
+        groups.setdefault((tuple(p.shape), matrix_shape), []).append(p)
+    return [dict(params=ps, role="muon", matrix_shape=matrix_shape) for (_, matrix_shape), ps in groups.items()]
+
+
+def with_schedule_bases(opt):
+    """Record each group's peak rate and weight decay (``initial_lr``, ``initial_weight_decay``):
+    ``schedules.apply_schedules`` scales them each step."""
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]
+        group["initial_weight_decay"] = group["weight_decay"]
     return opt
+

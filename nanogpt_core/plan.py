@@ -7,6 +7,9 @@ model can be planned on a laptop. From it:
     steps    S = floor(D / total_batch),  total_batch = micro_batch * seq_len * grad_accum * world
     compute  C = flops_per_token * S * total_batch
     time     C / (world * peak * MFU);   dollars = hours * world * price per GPU-hour
+    eval     (S // eval_every + 1) evaluations x eval_tokens tokens x flops_per_token / 3 (forward
+             only), split across the processes as run 1 splits them; reported beside the training
+             time, not in the dollars (nanochat's leaderboard counts the training steps)
 
 Memory per GPU (bytes; P = all parameters, fp32 master weights as nanochat keeps them):
 
@@ -38,9 +41,6 @@ from .model import GPT
 
 ACT_BYTES_PER_TOKEN_LAYER_CHANNEL = 30
 LOGIT_BYTES_PER_TOKEN_VOCAB = 4
-# Dense bf16 peak FLOP/s per GPU: the data-center cards of cost.PEAK_FLOPS, and one 24 GB consumer
-# card (NVIDIA Ada Lovelace architecture whitepaper: RTX 4090, 165.2 TFLOP/s bf16 with fp32 accumulate).
-GPU_PEAK_FLOPS = {**PEAK_FLOPS, "rtx4090": 165.2e12}
 GPU_MEMORY_GB = {"h100": 80, "h200": 141, "a100": 80, "rtx4090": 24}
 MEMORY_HEADROOM_GB = 4  # CUDA context, allocator slack, temporaries: kept free when choosing a micro-batch
 TOTAL_BATCH = 524_288  # tokens per optimizer step (nanochat run 1)
@@ -87,6 +87,8 @@ class Plan:
     hours: float
     price_per_gpu_hour: float
     dollars: float
+    eval_flops: float = 0.0  # every validation pass of the run together (forward only)
+    eval_hours: float = 0.0  # at the same MFU, all processes evaluating their share
     # the data: documents read (tokens / (1 - crop)), shards of them, what to download
     crop_fraction: float = 0.0
     crop_source: str = ""
@@ -137,11 +139,13 @@ class Plan:
             f" (sharded / {self.world_size}) + activations {m['activations']:.1f} GB = {m['total']:.1f} GB{fits}",
             f"compute          {self.total_flops:.3e} FLOPs",
             f"time             {self.hours:.2f} h predicted at an assumed {self.mfu:.0%} MFU of"
-            f" {GPU_PEAK_FLOPS[self.gpu] / 1e12:g} TFLOP/s bf16 per GPU",
+            f" {PEAK_FLOPS[self.gpu] / 1e12:g} TFLOP/s bf16 per GPU",
             "                 (run 1 measured ~50%: 4.33e19 FLOPs in 10,949 s on 8 H100, nanochat dev/LEADERBOARD.md)",
             f"cost             ${self.dollars:,.{0 if self.dollars >= 10 else 2}f} at ${self.price_per_gpu_hour:g} per GPU-hour"
             f" (${self.price_per_gpu_hour * self.world_size:g} per hour for all {self.world_size}): the training steps only,",
             "                 as nanochat's leaderboard counts; evaluation, tokenizer training and the download come on top",
+            f"evaluation       {self.eval_flops:.3e} FLOPs, ~{self.eval_hours * 60:.0f} min more at the same MFU"
+            f" ({self.eval_hours / self.hours:.1%} of the training time; each GPU evaluates its share of the val rows)",
             f"data             {self.doc_tokens:,} tokens of documents, of which the loader discards ~{self.crop_fraction:.0%}",
             f"                 ({self.crop_source})",
             f"                 = {self.doc_tokens * CHARS_PER_TOKEN / 1e9:,.1f}B characters at ~{CHARS_PER_TOKEN:g}"
@@ -191,8 +195,8 @@ def make_plan(scale: str = "speedrun", stage: str = "packing", gpus: int = 8, no
               mfu: float = 0.5, price: float = 3.0, ratio: float = RATIO, total_batch: int = TOTAL_BATCH,
               micro_batch: int | None = None, **overrides) -> Plan:
     """Plan a run of ``stage`` at ``scale`` on ``nodes`` x ``gpus`` GPUs of kind ``gpu``."""
-    if gpu not in GPU_PEAK_FLOPS:
-        raise ConfigError(f"gpu={gpu!r} is unknown; choose one of {', '.join(GPU_PEAK_FLOPS)}")
+    if gpu not in PEAK_FLOPS:
+        raise ConfigError(f"gpu={gpu!r} is unknown; choose one of {', '.join(PEAK_FLOPS)}")
     for name, value, ok, need in (("gpus", gpus, gpus >= 1, "at least 1 (GPUs per node)"),
                                   ("nodes", nodes, nodes >= 1, "at least 1"),
                                   ("mfu", mfu, 0 < mfu <= 1, "in (0, 1]: a fraction of peak, e.g. 0.4"),
@@ -220,14 +224,18 @@ def make_plan(scale: str = "speedrun", stage: str = "packing", gpus: int = 8, no
     tokens = steps * total_batch
     fpt = model.flops_per_token()
     flops = float(fpt) * tokens
-    hours = flops / (world * GPU_PEAK_FLOPS[gpu] * mfu) / 3600
+    hours = flops / (world * PEAK_FLOPS[gpu] * mfu) / 3600
+    t = cfg.train
+    evals = (steps // t.eval_every if t.eval_every else 0) + 1  # at 0, every eval_every steps, and the last
+    eval_flops = evals * (t.eval_tokens // per_pass) * per_pass * fpt / 3  # whole batches of every process, forward only
     data = data_needs(tokens, cfg.train.loader, scale)
     return Plan(
         scale=scale, stage=stage, gpu=gpu, nodes=nodes, gpus_per_node=gpus, world_size=world, params=params,
         flops_per_token=fpt, ratio=ratio, tokens=tokens, total_batch=total_batch, micro_batch=B, seq_len=T,
         grad_accum=total_batch // per_pass, steps=steps, memory_gb=memory_per_gpu(model, B, world, cfg.train.optimizer),
         gpu_memory_gb=card_gb, total_flops=flops, mfu=mfu, hours=hours,
-        price_per_gpu_hour=price, dollars=hours * world * price, micro_batch_note=note, **data,
+        price_per_gpu_hour=price, dollars=hours * world * price, micro_batch_note=note,
+        eval_flops=eval_flops, eval_hours=eval_flops / (world * PEAK_FLOPS[gpu] * mfu) / 3600, **data,
     )
 
 

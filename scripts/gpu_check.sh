@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check of the speed layers (attention backends, compile + bf16), as one command.
+# The GPU check of the speed layers (attention backends, compile + bf16) and of run 1's numbers on
+# the GPU (tests/test_run1_fixtures.py: the forward pass with FA3 or SDPA under bf16 against the
+# fixtures recorded from run 1's code; with two GPUs or more, a short NCCL run), as one command.
 #
 # Run it on a machine with one CUDA GPU and its own PyTorch (inside the range pyproject.toml
 # states; the image's build is kept, never replaced). It installs the course into that Python
@@ -38,8 +40,17 @@ rm -f "$keep"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$out/gpu_check_nvidia_smi.txt"
 # -o addopts=: the project's pytest options need pytest-socket, which a GPU image may lack
 "$python" -m pytest -q -p no:cacheprovider -o addopts= -rs \
-    tests/test_attention.py tests/test_compile.py tests/test_bench.py 2>&1 | tee "$out/gpu_check_pytest.txt"
+    tests/test_attention.py tests/test_compile.py tests/test_bench.py tests/test_run1_fixtures.py 2>&1 \
+    | tee "$out/gpu_check_pytest.txt"
 tests=${PIPESTATUS[0]}
+# With two GPUs or more: one short distributed run of the full recipe (NCCL, a process per GPU).
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if [ "$gpus" -ge 2 ]; then
+  "$(dirname "$python")/torchrun" --standalone --nproc_per_node="$gpus" -m nanogpt_core train --stage packing \
+      --scale toy --steps 3 --eval-every 0 --eval-tokens 65536 --json "$out/gpu_check_distributed.json" 2>&1 \
+      | tee "$out/gpu_check_distributed.txt"
+  tests=$(( tests || PIPESTATUS[0] ))
+fi
 "$python" -m nanogpt_core bench --scale gpu --json "$out/bench_gpu.json" "$@" 2>&1 | tee "$out/gpu_check_bench.txt"
 bench=${PIPESTATUS[0]}
 echo "tests exit $tests, bench exit $bench; results in $out"

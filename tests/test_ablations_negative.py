@@ -56,7 +56,7 @@ def test_half_truncated_rope_is_modded_nanogpts_record_17():
     assert torch.allclose(y[:, untouched], x[:, untouched])
     assert not torch.allclose(y[1:, [0, 4]], x[1:, [0, 4]])
     model = HalfRopeGPT(stage_config("modern-block", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=16).model)
-    assert torch.equal(model.rope_cos, half_truncated_rotary_tables(16, 16)[0])
+    assert torch.equal(model.rope_cos, half_truncated_rotary_tables(16, 16)[0].bfloat16())  # kept in bf16, as run 1
     base = GPT(stage_config("modern-block", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=16).model)
     assert not torch.equal(model.rope_cos, base.rope_cos)
     with pytest.raises(ValueError, match="pos_emb='rope'"):

@@ -3,7 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nanogpt_core.data import (TokenStreamLoader, eval_batches, fineweb_shards, iter_parquet_texts, load_fineweb,
+from nanogpt_core.data import (TokenStreamLoader, fineweb_shards, iter_parquet_texts, load_fineweb,
                                load_toy_corpus, split_documents)
 
 
@@ -66,12 +66,3 @@ def test_stream_loader_is_deterministic_resumable_and_rank_dependent():
     assert torch.equal(b.next_batch()[0], batches[2][0])
     other_rank = TokenStreamLoader(tokens, 4, 16, seed=3, rank=1, world_size=2)
     assert not torch.equal(other_rank.next_batch()[0], x)
-
-
-def test_eval_batches_cover_a_fixed_prefix():
-    tokens = torch.arange(100)
-    rows = list(eval_batches(tokens, batch_size=2, seq_len=10, max_tokens=35))
-    xs = torch.cat([x for x, _ in rows])
-    assert xs.shape == (3, 10) and torch.equal(xs.flatten(), torch.arange(30))
-    with pytest.raises(ValueError, match="shorter than one row"):
-        list(eval_batches(torch.arange(5), 1, 10, 100))

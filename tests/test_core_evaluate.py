@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nanogpt_core.evaluate import bits_per_byte, evaluate, sample
+from nanogpt_core.evaluate import bits_per_byte, evaluate, sample, val_batches
 
 
 def test_bits_per_byte_hand_computed():
@@ -28,12 +28,29 @@ def test_uniform_model_bpb(small_data, tiny_cfg):
 
     model = GPT(tiny_cfg.model)
     torch.nn.init.zeros_(model.ln_f.weight)  # zero features -> all logits 0 -> uniform
-    val = small_data.stream("val")
-    out = evaluate(model, val, small_data.token_bytes, batch_size=4, max_tokens=512)
+    T = tiny_cfg.model.seq_len
+    out = evaluate(model, val_batches(small_data, 4, T, 8 * T), small_data.token_bytes)
     assert out["loss"] == pytest.approx(math.log(512), rel=1e-5)
-    targets = val[1 : 1 + 512]
-    expected = math.log2(512) * (small_data.token_bytes[targets] > 0).sum().item() / small_data.token_bytes[targets].sum().item()
-    assert out["bpb"] == pytest.approx(expected, rel=1e-5)
+    targets = torch.cat([y for _, y in val_batches(small_data, 4, T, 8 * T)])
+    nbytes = small_data.token_bytes[targets]
+    assert out["bpb"] == pytest.approx(math.log2(512) * (nbytes > 0).sum().item() / nbytes.sum().item(), rel=1e-5)
+
+
+def test_val_batches_are_run_1s_rows(small_data):
+    """BestFit-Crop rows of the val documents: every row starts at BOS and is full (no ignored
+    target), eval_tokens // (B T W) batches, the same rows at every call; two processes read
+    different documents."""
+    from nanogpt_core.tokenizer import bos_id
+
+    B, T, bos = 4, 32, bos_id(small_data.enc)
+    batches = list(val_batches(small_data, B, T, 3 * B * T + 5))
+    assert len(batches) == 3 and all(x.shape == (B, T) for x, _ in batches)
+    assert all((x[:, 0] == bos).all() and (y >= 0).all() for x, y in batches)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, val_batches(small_data, B, T, 3 * B * T)))
+    rank0, rank1 = (list(val_batches(small_data, B, T, 2 * B * T, rank=r, world_size=2)) for r in (0, 1))
+    assert len(rank0) == len(rank1) == 1 and not torch.equal(rank0[0][0], rank1[0][0])
+    with pytest.raises(ValueError, match="raise eval_tokens"):
+        list(val_batches(small_data, B, T, B * T - 1))
 
 
 def test_sample_is_deterministic_for_a_seed(small_data, tiny_cfg):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nanogpt_core.schedules import lr_multiplier
-from nanogpt_core.train import RunResult, load_checkpoint, train
+from nanogpt_core.checkpoint import load_checkpoint
+from nanogpt_core.train import RunResult, train
 
 
 def test_training_lowers_the_loss(small_data, tiny_cfg):

@@ -354,4 +354,4 @@ def test_train_step_check():
         check_train_step(lambda *a: make_step()(*a) and None)
     assert check_train_step(make_step())
     assert check_train_step(lambda model, opt, x, y, step, t: __import__("nanogpt_core.train", fromlist=["x"])
-                            .train_step(model, model, opt, [(x, y)], step, t))
+                            .train_step(model, model, opt, [(x, y)], step, t).loss)

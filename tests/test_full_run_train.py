@@ -70,8 +70,8 @@ def test_trains_on_fineweb_shards_with_the_packing_loader(tmp_path):
         texts = [" ".join(words[(i + j + k) % len(words)] for k in range(40 + j % 30)) for j in range(300)]
         pq.write_table(pa.table({"text": texts}), tmp_path / f"shard_{i:05d}.parquet")
     save_tokenizer(train_tokenizer_on_shards(tmp_path, vocab_size=300), tmp_path / "tok.json")
-    data = fineweb_data(tmp_path, tmp_path / "tok.json", val_tokens=2000)
-    assert callable(data.train_docs) and sum(map(len, data.val_docs)) > 2000
+    data = fineweb_data(tmp_path, tmp_path / "tok.json")
+    assert callable(data.train_docs) and sum(map(len, data.val_docs())) > 2000
     cfg = stage_config("packing", "toy", vocab_size=300, n_layer=1, n_embd=32, n_head=2, seq_len=32, batch_size=2,
                        steps=3, eval_tokens=256, compile=False, bf16=False, device="cpu")
     _, result = train(cfg, data, progress=False)
@@ -96,7 +96,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, stage):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [*TINY, "--stage", stage, "--compile", "off", "--bf16", "off"]  # the last --stage wins
     single = subprocess.run([sys.executable, "-m", "nanogpt_core", "train", *args, "--batch-size", "8",
-                             "--json", str(tmp_path / "one.json")], capture_output=True, text=True, timeout=300, env=env)
+                             "--json", str(tmp_path / "one.json"), "--checkpoint", str(tmp_path / "one.pt")],
+                            capture_output=True, text=True, timeout=300, env=env)
     assert single.returncode == 0, single.stderr[-2000:]
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     multi = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "nanogpt_core", "train", *args,
@@ -106,7 +107,16 @@ def test_two_gloo_processes_match_one_process(tmp_path, stage):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["world_size"] == 2 and one["world_size"] == 1 and two["tokens"] == one["tokens"]
     assert two["losses"] == pytest.approx(one["losses"], abs=1e-4)
-    assert two["final_val_bpb"] == pytest.approx(one["final_val_bpb"], abs=1e-4)
+    # Validation as run 1's: each process evaluates its own share of the val documents and the nats
+    # and bytes are summed, so the 2-process figure is the single model's on both shares together.
+    from nanogpt_core.checkpoint import load_checkpoint
+    from nanogpt_core.data import toy_data
+    from nanogpt_core.evaluate import checkpoint_model, evaluate, val_batches
+
+    data, ckpt = toy_data(), load_checkpoint(tmp_path / "one.pt")
+    model = checkpoint_model(ckpt, tmp_path / "one.pt", data, "cpu", "the toy tokenizer")
+    both = [b for r in (0, 1) for b in val_batches(data, 4, 32, 512, rank=r, world_size=2)]
+    assert two["final_val_bpb"] == pytest.approx(evaluate(model, both, data.token_bytes)["bpb"], abs=1e-4)
 
 
 def test_cli_evaluate_and_sample_a_checkpoint(tmp_path):
@@ -161,9 +171,74 @@ def test_two_process_run_resumes_with_each_process_state(tmp_path):
     assert rest["losses"] == pytest.approx(whole["losses"], abs=1e-5) and len(rest["losses"]) == 6
     assert rest["bpb"] == pytest.approx(whole["bpb"], abs=1e-5)
     with pytest.raises(ValueError, match="written by 2 process"):
-        from nanogpt_core.train import load_run_state
+        from nanogpt_core.checkpoint import load_run_state
 
         load_run_state(tmp_path / "run.pt", rank=0, world_size=1)
+
+
+def _longer_run_worker(rank, world_size, phase, folder):
+    """One process of a 2-process `muon` run that starts its own process group (as under torchrun):
+    6 steps stopped after 3, then resumed as a 12-step run with allow_longer_run; or 12 steps whole."""
+    import torch
+    import torch.distributed as dist
+
+    from nanogpt_core.config import stage_config
+    from nanogpt_core.data import toy_data
+
+    torch.set_num_threads(1)
+    cfg = stage_config("muon", "toy", n_layer=1, n_embd=32, n_head=2, seq_len=32, batch_size=2, steps=6,
+                       eval_every=0, eval_tokens=512, compile=False, bf16=False, device="cpu")
+    ckpt, log = os.path.join(folder, "run.pt"), os.path.join(folder, f"{phase}.jsonl")
+    if phase == "whole":
+        train(cfg.replace(steps=12), toy_data(), progress=False, log_path=log)
+    elif phase == "first":
+        train(cfg, toy_data(), progress=False, checkpoint_path=ckpt, stop_after=3)
+    else:
+        train(cfg.replace(steps=12), toy_data(), progress=False, resume_from=ckpt, allow_longer_run=True, log_path=log)
+    assert not dist.is_initialized(), "train() started the process group, so it must destroy it at the end"
+
+
+@pytest.mark.timeout(300)
+def test_a_longer_run_reschedules_muons_weight_decay_and_momentum_on_two_processes(tmp_path):
+    """--allow-longer-run: the loop sets the learning rate, Muon's momentum and its weight decay from
+    the new step count, so the resumed steps run at exactly the schedule of a 12-step run (Muon's
+    weight decay at step 4 is 3/4 of its peak, not the 1/2 of the 6-step run it came from)."""
+    from spawn import run_on_two_processes
+
+    for phase in ("whole", "first", "rest"):
+        run_on_two_processes(_longer_run_worker, phase, str(tmp_path), start_group=False)
+    whole, rest = ([json.loads(line) for line in (tmp_path / f"{p}.jsonl").read_text().splitlines()
+                    if '"step"' in line and json.loads(line)["kind"] == "step"] for p in ("whole", "rest"))
+    keys = ("lr_multiplier", "muon_momentum", "muon_weight_decay_multiplier")
+    assert [r["step"] for r in rest] == list(range(4, 13))
+    assert [[r[k] for k in keys] for r in rest] == [[r[k] for k in keys] for r in whole[3:]]
+    assert rest[0]["muon_weight_decay_multiplier"] == pytest.approx(0.75)
+
+
+def test_process_group_binds_the_gpu_before_starting_and_destroys_the_group(monkeypatch):
+    """Under torchrun on a CUDA machine: set_device(cuda:LOCAL_RANK) before init_process_group(nccl,
+    device_id=...), and destroy_process_group when the run ends (recorded with stand-ins here)."""
+    import torch
+    import torch.distributed as dist
+
+    from nanogpt_core.train import process_group
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", str(device))))
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(("init", kw["backend"], str(kw["device_id"]))))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append(("destroy",)))
+    with process_group(torch.device("cuda:1")) as (rank, world_size):
+        assert (rank, world_size) == (1, 2)
+        assert calls == [("set_device", "cuda:1"), ("init", "nccl", "cuda:1")]
+    assert calls[-1] == ("destroy",)
+    calls.clear()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # a group the caller started: used, left running
+    with process_group(torch.device("cuda:1")):
+        pass
+    assert calls == []
 
 
 def test_a_speedrun_scale_run_refuses_sdpa_unless_told(capsys, monkeypatch):

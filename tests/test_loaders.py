@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanogpt_core.lab.packing import compare_policies, fineweb_like_lengths
-from nanogpt_core.loaders import POLICIES, DocumentLoader, simulate_packing
+from nanogpt_core.loaders import POLICIES, DocumentLoader
+from nanogpt_core.packing_sim import simulate_packing
 
 BOS, K = 0, 100_000
 FAST = settings(max_examples=25, deadline=None)

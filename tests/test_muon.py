@@ -11,6 +11,7 @@ from nanogpt_core.muon import (
     METHODS, Muon, cautious_weight_decay, newton_schulz_step, orthogonalize, singular_value_map,
 )
 from nanogpt_core.optim import MuonAdamW, build_muon_adamw, route_parameters
+from nanogpt_core.schedules import momentum_at
 
 SHAPES = [(48, 48), (24, 72), (72, 24), (3, 20, 36)]  # square, wide, tall, a stack
 
@@ -124,8 +125,9 @@ def test_single_matrix_update_matches_the_formulas(shape):
     W0 = torch.randn(*shape, generator=gen, dtype=torch.float64)
     grads = [torch.randn(*shape, generator=gen, dtype=torch.float64) for _ in range(4)]
     p = torch.nn.Parameter(W0.clone())
-    opt = Muon([p], lr=0.05, weight_decay=0.3, total_steps=10, momentum_warmup=3, dtype=torch.float64)
-    for g in grads:
+    opt = Muon([p], lr=0.05, weight_decay=0.3, dtype=torch.float64)
+    for t, g in enumerate(grads):  # the loop's schedules, set on the group as apply_schedules does
+        opt.param_groups[0].update(momentum=momentum_at(t, 0.85, 0.95, 3), weight_decay=0.3 * (1 - t / 10))
         p.grad = g.clone()
         opt.step()
     expected = reference_muon(W0, grads, lr=0.05, wd=0.3, total_steps=10, warmup=3)
@@ -137,7 +139,7 @@ def test_plain_muon_is_an_orthogonalized_step():
     W0, G = torch.randn(30, 10), torch.randn(30, 10)
     p = torch.nn.Parameter(W0.clone())
     p.grad = G.clone()
-    Muon([p], lr=0.1, momentum=0.0, momentum_start=0.0, beta2=None).step()
+    Muon([p], lr=0.1, momentum=0.0, beta2=None).step()
     torch.testing.assert_close(p.detach(), W0 - 0.1 * math.sqrt(3) * orthogonalize(G))
 
 
@@ -149,16 +151,49 @@ def test_cautious_weight_decay_only_where_signs_agree():
     torch.testing.assert_close(cautious_weight_decay(W, u, lr=0.1, wd=0.5), expected)
 
 
-def test_schedules_change_values_not_code():
-    p = torch.nn.Parameter(torch.randn(8, 8))
-    opt = Muon([p], weight_decay=0.4, total_steps=100)
-    group = opt.param_groups[0]
-    assert Muon.scheduled(group)["momentum"] == pytest.approx(0.85)
-    group["step"] = 150
-    assert Muon.scheduled(group)["momentum"] == pytest.approx(0.90)
-    assert Muon.scheduled(group)["weight_decay"] == 0.0
-    group["step"] = 50
-    assert Muon.scheduled(group)["weight_decay"] == pytest.approx(0.2)
+def test_the_loop_sets_every_schedule_in_one_place(tiny_cfg):
+    """apply_schedules: every group's lr, and Muon's momentum and weight decay, at a step of N = 100."""
+    from nanogpt_core.model import GPT
+    from nanogpt_core.optim import build_optimizer
+    from nanogpt_core.schedules import apply_schedules, lr_multiplier
+
+    t = tiny_cfg.replace(optimizer="muon", schedule="warmdown", warmup_steps=0, grad_clip=0.0, steps=100).train
+    opt = build_optimizer(GPT(tiny_cfg.model), t)
+    muon = [g for g in opt.param_groups if g.get("kind") == "muon"]
+    wd0 = muon[0]["initial_weight_decay"]
+    assert muon and wd0 > 0
+    for step, momentum in ((0, 0.85), (50, 0.85 + 0.1 * 50 / 300), (99, 0.85 + 0.1 * 99 / 300), (300, 0.95)):
+        now = apply_schedules(opt, step, t)
+        assert all(g["lr"] == pytest.approx(g["initial_lr"] * lr_multiplier(step, 100, t)) for g in opt.param_groups)
+        assert now["muon_momentum"] == pytest.approx(momentum)
+        assert all(g["momentum"] == pytest.approx(momentum) for g in muon)
+        assert all(g["weight_decay"] == pytest.approx(wd0 * max(0.0, 1 - step / 100)) for g in muon), step
+    # AdamW's groups keep their weight decay (0 in the speedrun recipe): only Muon's decays
+    assert all(g["weight_decay"] == g["initial_weight_decay"] for g in opt.param_groups if g.get("kind") != "muon")
+
+
+def test_q_k_and_v_are_orthogonalized_apart_as_run_1():
+    """c_attn (3d x d) with matrix_shape (d, d) moves exactly as three separate (d, d) matrices
+    (run 1's c_q, c_k, c_v) would; handed over whole, it does not (the defect this guards against)."""
+    d, gen = 16, torch.Generator().manual_seed(11)
+    W0 = torch.randn(3 * d, d, generator=gen) * 0.3
+    grads = [torch.randn(3 * d, d, generator=gen) for _ in range(3)]
+    fused_as_three = torch.nn.Parameter(W0.clone())
+    whole = torch.nn.Parameter(W0.clone())
+    apart = [torch.nn.Parameter(w.clone()) for w in W0.split(d)]
+    optimizers = [Muon([fused_as_three], lr=0.05, weight_decay=0.5, matrix_shape=(d, d)),
+                  Muon([whole], lr=0.05, weight_decay=0.5), Muon(apart, lr=0.05, weight_decay=0.5)]
+    for g in grads:
+        fused_as_three.grad, whole.grad = g.clone(), g.clone()
+        for p, gi in zip(apart, g.split(d)):
+            p.grad = gi.clone()
+        for opt in optimizers:
+            opt.step()
+    torch.testing.assert_close(fused_as_three.detach(), torch.cat([p.detach() for p in apart]), atol=1e-6, rtol=1e-5)
+    update_apart, update_whole = fused_as_three.detach() - W0, whole.detach() - W0
+    assert (update_whole - update_apart).norm() > 0.3 * update_apart.norm()
+    with pytest.raises(ValueError, match="does not tile"):
+        Muon([torch.nn.Parameter(torch.zeros(10, 4))], matrix_shape=(3, 4))
 
 
 # ---- routing -----------------------------------------------------------------------------------
@@ -167,7 +202,7 @@ def test_schedules_change_values_not_code():
 def test_routing_puts_every_parameter_in_exactly_one_group(tiny_cfg):
     from nanogpt_core.model import GPT
     from nanogpt_core.optim import build_optimizer
-    from nanogpt_core.schedules import set_lr
+    from nanogpt_core.schedules import apply_schedules
 
     cfg = tiny_cfg.replace(optimizer="muon")
     model = GPT(cfg.model)
@@ -181,8 +216,10 @@ def test_routing_puts_every_parameter_in_exactly_one_group(tiny_cfg):
     muon_ids = {id(p) for g in opt.param_groups if g["role"] == "muon" for p in g["params"]}
     for name, p in model.named_parameters():
         assert (id(p) in muon_ids) == (p.ndim == 2 and name.startswith("blocks.")), name
-    set_lr(opt, 0.5)
-    assert all(g["lr"] == 0.5 * g["initial_lr"] for g in opt.param_groups)
+    qkv = [g for g in opt.param_groups if any(p is model.blocks[0].attn.c_attn.weight for p in g["params"])]
+    assert qkv[0]["matrix_shape"] == (cfg.model.n_embd, cfg.model.n_embd)  # q, k and v apart
+    apply_schedules(opt, cfg.train.steps - 1, cfg.train)
+    assert all(g["lr"] < g["initial_lr"] for g in opt.param_groups)
 
 
 def test_routing_of_the_speedrun_parameters_and_unknown_ones(tiny_cfg):
@@ -214,9 +251,13 @@ def test_muon_stage_trains_and_resumes_its_optimizer_state(small_data, tiny_cfg)
     for p in model.parameters():
         p.grad = torch.randn_like(p)
     opt.step()
-    clone = build_muon_adamw(GPT(cfg.model), cfg.train)
+    clone_model = GPT(cfg.model)
+    clone = build_muon_adamw(clone_model, cfg.train)
     clone.load_state_dict(opt.state_dict())
-    assert clone.optimizers["muon"].param_groups[0]["step"] == 1
+    muon, restored = opt.optimizers["muon"], clone.optimizers["muon"]
+    for p, q in zip(muon.param_groups[0]["params"], restored.param_groups[0]["params"]):
+        assert torch.equal(muon.state[p]["momentum_buffer"], restored.state[q]["momentum_buffer"])
+        assert torch.equal(muon.state[p]["second_moment"], restored.state[q]["second_moment"])
 
 
 # ---- distributed -------------------------------------------------------------------------------
@@ -235,7 +276,7 @@ def _make_opt(params, **kw):
     groups = {}
     for p in params:
         groups.setdefault(tuple(p.shape), []).append(p)
-    return Muon([dict(params=ps) for ps in groups.values()], lr=0.05, weight_decay=0.2, total_steps=10, **kw)
+    return Muon([dict(params=ps) for ps in groups.values()], lr=0.05, weight_decay=0.2, **kw)
 
 
 def _distributed_worker(rank, world_size, out_path):

@@ -49,8 +49,8 @@ from ..config import stage_config
 from ..data import toy_data
 from ..model import GPT
 from ..optim import build_optimizer
-from ..schedules import lr_multiplier, set_lr
-from ..train import build_loader, train
+from ..schedules import lr_multiplier
+from ..train import build_loader, train, train_step
 from .results import describe_difference, paired_difference, save_result, spread
 from .scoreboard import largest_rise, run_stage
 
@@ -152,13 +152,9 @@ def diagnose(lr: float, seed: int, steps: int, warmup: int, expected_losses: lis
         batches.append((x, y))
         if step == spike - 1:
             params_before = {k: v.detach().clone() for k, v in model.named_parameters()}
-        loss = model(x, y)  # the steps of train.train_step, with the gradient norm kept
-        loss.backward()
-        norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip).item())
-        set_lr(optimizer, lr_multiplier(step, t.steps, t))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        done = train_step(model, model, optimizer, [(x, y)], step, t)
+        norms.append(done.grad_norm.item())
+        losses.append(done.loss.item())
     batches += [loader.next_batch(), loader.next_batch()]
     if expected_losses is not None:  # the replay is the run of the sweep, step for step
         assert all(abs(a - b) < 1e-4 for a, b in zip(losses, expected_losses)), "the replay left the sweep's run"

@@ -249,6 +249,7 @@ def step_profile(stage: str, steps: int = 3, warmup: int = 3, scale: str = "toy"
     from ..model import GPT
     from ..optim import build_optimizer
     from ..hardware import autocast_for, use_bf16
+    from ..train import train_step
 
     cfg = stage_config(stage, scale, **overrides)
     torch.manual_seed(0)
@@ -260,12 +261,7 @@ def step_profile(stage: str, steps: int = 3, warmup: int = 3, scale: str = "toy"
     x, y = (torch.randint(0, cfg.model.vocab_size, shape, generator=torch.Generator().manual_seed(i)) for i in (1, 2))
 
     def one_step() -> None:
-        with autocast():
-            loss = fwd(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(fwd, model, optimizer, [(x, y)], 0, cfg.train, autocast)
 
     for _ in range(warmup):
         one_step()

@@ -36,8 +36,9 @@ packed after it), which is how a prompt is seen at inference:
               that helps exactly the predictions near a document's start lowers it
     curve     mean loss per bucket of position within the document (1, 2-3, 4-7, ..., 128-256)
 
-plus the val bits per byte on the plain val stream that ``train`` reports (the same eval for
-every arm, so none is flattered by its own row format), the training tokens/s, and the share of
+plus the val bits per byte that ``train`` reports: run 1's validation, BestFit-Crop rows of the
+val documents, each row starting at a BOS (the same rows for every arm, whatever its training rows
+look like), the training tokens/s, and the share of
 document tokens the run's loader cropped. Differences are taken between neighbouring arms (bos
 minus stream, bestfit minus bos), paired by seed; ``results.paired_difference`` calls one noise
 when its seed spread contains 0.

@@ -33,14 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..loaders import (
-    POLICIES,
-    Doc,
-    DocumentLoader,
-    PackingStats,
-    pack_to_the_end,
-    simulate_packing,
-)
+from ..loaders import POLICIES, Doc, DocumentLoader, PackingStats
+from ..packing_sim import pack_to_the_end, simulate_packing
 from .results import save_result, spread
 
 

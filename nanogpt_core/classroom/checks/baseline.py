@@ -109,7 +109,7 @@ def check_train_step(student) -> bool:
         for step in range(t.steps):
             x = torch.randint(0, mcfg.vocab_size, (4, mcfg.seq_len), generator=g)
             y = torch.randint(0, mcfg.vocab_size, (4, mcfg.seq_len), generator=g)
-            expected = train_step(reference, reference, ref_opt, [(x, y)], step, t).item()
+            expected = train_step(reference, reference, ref_opt, [(x, y)], step, t).loss.item()
             where = f"{name}, case '{what}', step {step}"
             got = call_student(student, name, where, mine, my_opt, x.clone(), y.clone(), step, t)
             _compare_step(where, step, got, expected, mine, reference, my_opt, ref_opt)

@@ -23,6 +23,7 @@ import torch
 
 from ... import muon as _muon
 from ...muon import Muon, cautious_weight_decay, normuon_normalize, orthogonalize
+from ...schedules import momentum_at
 from . import Case, CheckFailed, call_student, check_function, compare_values
 
 
@@ -160,12 +161,12 @@ def check_muon_step(student) -> bool:
         W0 = torch.randn(m, n, generator=g) * 0.5
         p = torch.nn.Parameter(W0.clone())
         lr, wd = round(random.uniform(0.01, 0.05), 4), round(random.uniform(0.5, 2.0), 2)
-        opt = Muon([p], lr=lr, momentum=0.95, momentum_start=0.85, momentum_warmup=3, beta2=0.95,
-                   weight_decay=wd, total_steps=2 * steps)
+        opt = Muon([p], lr=lr, momentum=0.95, beta2=0.95, weight_decay=wd)
         W, buf, v = W0.clone(), torch.zeros(m, n), torch.zeros(_state_shape(m, n))
         for t in range(1, steps + 1):
             G = torch.randn(m, n, generator=g)
-            h = Muon.scheduled(opt.param_groups[0])  # this step's momentum, lr, weight_decay and beta2
+            h = opt.param_groups[0]  # this step's momentum and weight decay, scheduled as the training loop does
+            h.update(momentum=momentum_at(t - 1, 0.85, 0.95, 3), weight_decay=wd * (1 - (t - 1) / (2 * steps)))
             where = (f"W of shape {(m, n)}, step {t} of {steps} (lr={h['lr']:g}, momentum={h['momentum']:.4g}, "
                      f"weight_decay={h['weight_decay']:.4g}, beta2={h['beta2']:g})")
             with _package_step_unavailable():
@@ -178,7 +179,7 @@ def check_muon_step(student) -> bool:
             opt.step()
             state = opt.state[p]
             compare_values(buf, state["momentum_buffer"], f"{name}, {where}: the momentum buffer", atol=1e-5)
-            compare_values(v, state["second_moment"], f"{name}, {where}: the NorMuon second moment", atol=1e-6)
+            compare_values(v, state["second_moment"][0], f"{name}, {where}: the NorMuon second moment", atol=1e-6)
             compare_values(W, p.detach(), f"{name}, {where}: the weights", atol=1e-4, rtol=1e-4)
     print(f"✓ {name}: {steps} steps on each of {len(shapes)} matrices (tall, wide, square) match the package's "
           "Muon optimizer (weights, momentum buffer, second moment) after every step")
