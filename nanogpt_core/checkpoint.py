@@ -63,8 +63,7 @@ def data_identity(data: TokenizedCorpus) -> dict:
     2^20 val tokens (plus the number of train and val documents where they are in memory). Two
     runs on the same shards and tokenizer agree, wherever the files are; another tokenizer or
     another val split does not."""
-    val = itertools.islice((t for doc in (data.val_docs if isinstance(data.val_docs, Sequence) else data.val_docs())
-                            for t in doc), 1 << 20)
+    val = itertools.islice((t for doc in data.val_source() for t in doc), 1 << 20)
     ident = {"vocab_size": data.enc.n_vocab, "tokenizer": tokenizer_fingerprint(data.enc),
              "val": hashlib.sha256(np.fromiter(val, dtype=np.int64).tobytes()).hexdigest()[:16]}
     if isinstance(data.val_docs, Sequence):

@@ -131,27 +131,28 @@ class ParquetDocuments:
         self.paths, self.encode, self.chunk = [Path(p) for p in paths], encode, chunk
         if not self.paths:
             raise FileNotFoundError("no train shards: download them first (python -m nanogpt_core download)")
-        self._groups: list[tuple[int, int]] | None = None
-        self._rows: dict[tuple[int, int], int] = {}  # rows of each (shard, row group)
+        self._rows: dict[tuple[int, int], int] | None = None  # rows of each (shard, row group), in reading order
         self._open: tuple[int, object] | None = None  # the shard read last, kept open
         self.groups_read = 0  # row groups read so far (a resume reads only the few it needs)
 
-    def groups(self) -> list[tuple[int, int]]:
-        """Every (shard, row group), in reading order (from the shards' footers, read once)."""
-        if self._groups is None:
+    def row_counts(self) -> dict[tuple[int, int], int]:
+        """The rows of every (shard, row group), in reading order (from the shards' footers, read once)."""
+        if self._rows is None:
             self._rows = {}
             for s, path in enumerate(self.paths):
                 meta = open_shard(path).metadata
                 self._rows.update({(s, g): meta.row_group(g).num_rows for g in range(meta.num_row_groups)})
-            self._groups = list(self._rows)
-        return self._groups
+        return self._rows
+
+    def groups(self) -> list[tuple[int, int]]:
+        """Every (shard, row group), in reading order."""
+        return list(self.row_counts())
 
     def ends_read(self, position: Position, read_docs: int) -> bool:
         """Whether the document at ``position`` is the last of a read of ``read_docs`` documents,
         reads being counted from the start of its row group (the group's last read may be shorter)."""
         _, shard, group, row = position
-        self.groups()
-        return row + 1 == self._rows[(shard, group)] or (row + 1) % read_docs == 0
+        return row + 1 == self.row_counts()[(shard, group)] or (row + 1) % read_docs == 0
 
     def _texts(self, shard: int, group: int) -> list[str]:
         if self._open is None or self._open[0] != shard:
@@ -244,7 +245,7 @@ class TokenizedCorpus:
     ``train_docs`` is a list (a corpus held in memory, e.g. the toy corpus) or a stream: a
     ``ParquetDocuments`` (FineWeb-edu shards, read and tokenized as training goes), or any
     zero-argument function returning a fresh iterable of token lists. ``val_docs`` is a list or
-    a ``ParquetDocuments`` (the val shard); ``evaluate.val_batches`` reads it in order.
+    a ``ParquetDocuments`` (the val shard); ``val_source`` reads it in order.
     """
 
     enc: tiktoken.Encoding
@@ -252,6 +253,13 @@ class TokenizedCorpus:
     val_docs: list[list[int]] | ParquetDocuments
     token_bytes: torch.Tensor  # (vocab,) UTF-8 bytes per token, 0 for specials
     source: str
+
+    @property
+    def val_source(self):
+        """The val documents as a loader reads them, in order (``loaders.DocumentSource``): the shards'
+        positioned stream, or a list wrapped as a stream (a list would be read shuffled). Calling it
+        gives one pass over them."""
+        return (lambda: self.val_docs) if isinstance(self.val_docs, Sequence) else self.val_docs
 
     @property
     def in_memory(self) -> bool:

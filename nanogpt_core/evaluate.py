@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import tiktoken
 import torch
@@ -56,11 +56,9 @@ def val_batches(data, batch_size: int, seq_len: int, max_tokens: int, rank: int 
     if steps < 1:
         raise ValueError(f"eval_tokens={max_tokens} is less than one batch of {batch_size} x {seq_len} tokens on each of "
                          f"{world_size} process(es): raise eval_tokens to at least {batch_size * seq_len * world_size}")
-    docs = data.val_docs
-    source = (lambda: docs) if isinstance(docs, Sequence) else docs  # a list is read in order, not shuffled
     bos = bos_id(data.enc)
-    loader = DocumentLoader(source, batch_size, seq_len, "bestfit", rank=rank, world_size=world_size, bos_id=bos,
-                            pad_id=bos)
+    loader = DocumentLoader(data.val_source, batch_size, seq_len, "bestfit", rank=rank, world_size=world_size,
+                            bos_id=bos, pad_id=bos)
     for _ in range(steps):
         yield loader.next_batch()
 

@@ -23,7 +23,7 @@ import torch
 
 from ... import muon as _muon
 from ...muon import Muon, cautious_weight_decay, normuon_normalize, orthogonalize
-from ...schedules import momentum_at
+from ...schedules import momentum_at, weight_decay_at
 from . import Case, CheckFailed, call_student, check_function, compare_values
 
 
@@ -166,7 +166,7 @@ def check_muon_step(student) -> bool:
         for t in range(1, steps + 1):
             G = torch.randn(m, n, generator=g)
             h = opt.param_groups[0]  # this step's momentum and weight decay, scheduled as the training loop does
-            h.update(momentum=momentum_at(t - 1, 0.85, 0.95, 3), weight_decay=wd * (1 - (t - 1) / (2 * steps)))
+            h.update(momentum=momentum_at(t - 1, 0.85, 0.95, 3), weight_decay=weight_decay_at(t - 1, wd, 2 * steps))
             where = (f"W of shape {(m, n)}, step {t} of {steps} (lr={h['lr']:g}, momentum={h['momentum']:.4g}, "
                      f"weight_decay={h['weight_decay']:.4g}, beta2={h['beta2']:g})")
             with _package_step_unavailable():
