@@ -204,11 +204,7 @@ def resolve_backend(requested: str) -> str:
     if requested == "fa3":
         print_once(f"attention backend: fa3 was asked for but cannot run ({reason}); using sdpa instead")
     else:
-        print_once(
-            f"attention backend: sdpa (PyTorch scaled_dot_product_attention; FA3 unavailable: {reason})"
-            + ("" if torch.cuda.is_available() else
-               f"; in a compiled bf16 graph with T <= {COMPILED_FORMULA_MAX_T}, the formula compiled by Inductor")
-        )
+        print_once(f"attention backend: sdpa (PyTorch scaled_dot_product_attention; FA3 unavailable: {reason})")
     return "sdpa"
 
 

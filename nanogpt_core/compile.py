@@ -30,6 +30,12 @@ import torch
 
 def compile_model(model: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` with static shapes. The result shares parameters with ``model``."""
+    from .attention import COMPILED_FORMULA_MAX_T
+    from .hardware import print_once
+
+    if next(model.parameters()).device.type == "cpu":
+        print_once(f"compile: on a CPU, attention in a bf16 graph with T <= {COMPILED_FORMULA_MAX_T} runs as the "
+                   "formula compiled by Inductor, which is faster there than SDPA")
     return torch.compile(model, dynamic=False)
 
 

@@ -119,6 +119,38 @@ def test_leak_detector_finds_a_solution_line_printed_elsewhere():
                                                                   FIXTURE.stem)
 
 
+def test_no_chapter_shows_a_later_chapters_answer():
+    """No chapter prints (in a cell or an output) a line of a later exercise's answer: its reference
+    solution, or the package function its check names with ``@answered_by``."""
+    chapters = {p.stem: nbformat.read(p, as_version=4) for p in CHAPTERS}
+    early = notebooks.answers_shown_early(chapters)
+    assert not early, "a later chapter's answer, shown a chapter early (print less of the package there):\n" + \
+        "\n".join(f"  {e}" for e in early[:8])
+
+
+def test_early_answer_detector_finds_bestfit_printed_in_chapter_7():
+    """Chapter 7 once printed ``loaders.fill_row`` whole: its greedy branch answers exercise 7.1, its
+    BestFit-Crop branch exercise 8.1 a chapter later. The greedy lines may show there; the others may not."""
+    import inspect
+
+    from nanogpt_core import loaders
+
+    chapters = {stem: nbformat.read(ROOT / "chapters" / f"{stem}.ipynb", as_version=4)
+                for stem in ("07_bos_aligned_loader", "08_bestfit_packing")}
+    source = inspect.getsource(loaders.fill_row)
+    highlighted = "<pre>" + "".join(f"<span>{html.escape(line)}</span>\n" for line in source.splitlines()) + "</pre>"
+    chapters["07_bos_aligned_loader"].cells.append(nbformat.v4.new_code_cell(
+        "display(Code(inspect.getsource(loaders.fill_row)))", outputs=[nbformat.v4.new_output(
+            "display_data", data={"text/plain": source, "text/html": highlighted})]))
+    early = notebooks.answers_shown_early(chapters)
+    shown = {e.line for e in early if e.chapter == "07_bos_aligned_loader" and "bestfit_row" in e.exercise}
+    assert "i = buffer.largest_fitting(space)" in shown, [str(e) for e in early]
+    assert "doc = buffer.pop_at(buffer.shortest() if i is None else i)" in shown
+    assert not shown & {"take = min(doc.length, space)", "pieces.append((doc, take))"}  # greedy crop runs them: 7.1's
+    assert all(e.origin == "loaders.fill_row" and e.cell == len(chapters["07_bos_aligned_loader"].cells) - 1
+               for e in early), [str(e) for e in early]
+
+
 def test_student_command_and_exercise_table(tmp_path, capsys):
     from nanogpt_core.__main__ import main
 

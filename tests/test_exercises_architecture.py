@@ -70,7 +70,8 @@ def test_rope_check_rejects(wrong):
 
 def test_rope_check_accepts_the_solution_and_the_package():
     assert check_rope(rope_solution)
-    assert check_rope(rope_reference)
+    with pytest.raises(CheckFailed, match="write it yourself"):  # the check's reference is the package's answer
+        check_rope(rope_reference)
 
 
 def test_rope_reference_is_what_the_model_does():

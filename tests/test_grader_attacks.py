@@ -98,34 +98,58 @@ def test_answer_source_keeps_definitions_only():
     assert grader.answer_source(nb, ex, notebooks._check_functions())[1] == "no cell of the submission defines merge"
 
 
+WALKER = (  # every notebook of the course with a solution in it, anywhere the submission can see but its own sandbox
+    "import os\n"
+    "def solutions_found():\n"
+    "    found, own = [], os.path.dirname(os.getcwd())\n"
+    "    for top, dirs, files in os.walk('/'):\n"
+    "        if top in ('/proc', '/sys', '/dev') or top.startswith(own):\n"
+    "            dirs[:] = []\n"
+    "            continue\n"
+    "        for name in files:\n"
+    "            if name.endswith('.ipynb'):\n"
+    "                try:\n"
+    "                    text = open(os.path.join(top, name), errors='replace').read()\n"
+    "                    if 'BEGIN SOLUTION' in text and 'nanogpt_core' in text:\n"
+    "                        found.append(os.path.join(top, name))\n"
+    "                except OSError:\n"
+    "                    pass\n"
+    "    return found\n")
+
+
+@pytest.fixture
+def built_book():
+    """A staged chapter where `make book` puts them (book/_build/, ignored by git), solutions inside."""
+    staged = ROOT / "book" / "_build" / "src" / "chapters" / "05_muon_walker_decoy.ipynb"
+    made = not staged.exists()
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    staged.write_text(FIXTURE.read_text())
+    yield staged
+    if made:
+        staged.unlink()
+
+
 @pytest.mark.timeout(600)
-def test_a_submission_cannot_read_the_solutions(tmp_path):
+def test_a_submission_cannot_read_the_solutions(tmp_path, built_book):
+    """The sandbox shows only what the checks need, so a notebook that walks the whole file system
+    for solutions finds none: not the instructor's chapters, not another submission, not the
+    course's checkout, not a built book."""
     if not grader.isolation()["read_only_files"]:
-        pytest.skip("no unshare here: the sandbox has no private mount namespace to hide the instructor's files in")
+        pytest.skip("no unshare here: the sandbox has no private mount namespace to build its file system in")
     chapter = instructor_chapter(tmp_path / "chapters")
     subs, out = tmp_path / "submissions", tmp_path / "report"
     subs.mkdir()
     (subs / "peer.ipynb").write_text(nbformat.writes(submission(chapter)))  # another student's work
-    targets = [chapter, subs / "peer.ipynb", FIXTURE, ROOT / "chapters"]
-    targets += [ROOT / ".git" / "HEAD"] if (ROOT / ".git" / "HEAD").exists() else []  # the history holds them too
-    reader = (  # prints the first solution line of every file it can open
-        "import pathlib\n"
-        f"for target in {[str(t) for t in targets]!r}:\n"
-        "    path = pathlib.Path(target)\n"
-        "    try:\n"
-        "        files = sorted(path.rglob('*.ipynb')) if path.is_dir() else [path]\n"
-        "        text = ''.join(f.read_text() for f in files)\n"
-        "        if not files or not text:\n"
-        "            raise FileNotFoundError('nothing there')\n"
-        "        print('READ', target, text.split('### BEGIN SOLUTION')[1][:80] if '### BEGIN' in text else len(text))\n"
-        "    except (OSError, IndexError) as err:\n"
-        "        print('BLOCKED', target, type(err).__name__)\n")
+    targets = [chapter, subs / "peer.ipynb", FIXTURE, ROOT / "chapters", built_book]
+    assert all("BEGIN SOLUTION" in (t.read_text() if t.is_file() else "BEGIN SOLUTION") for t in targets)
+    reader = WALKER + "print('FOUND', solutions_found())\n" + "".join(
+        f"print('SEEN' if os.path.exists({str(t)!r}) else 'ABSENT', {str(t)!r})\n" for t in targets)
     nbformat.write(submission(chapter, reader), subs / "reader.ipynb")
     grader.grade(subs, out, chapter.parent, timeout=240, memory_gb=2.5, log=lambda *_: None, mode="notebook")
     printed = outputs(out, "reader")
-    assert "READ" not in printed, printed
-    assert printed.count("BLOCKED") == len(targets), printed
-    assert rows(out)[("reader", "merge")][0] == "True"  # the hiding left what the checks need
+    assert "FOUND []" in printed and "SEEN" not in printed, printed
+    assert printed.count("ABSENT") == len(targets), printed
+    assert rows(out)[("reader", "merge")][0] == "True"  # what the checks need is there
 
 
 MERGE_AFTER = ("\n    out, i = [], 0\n    while i < len(ids):\n"
@@ -135,7 +159,7 @@ MERGE_AFTER = ("\n    out, i = [], 0\n    while i < len(ids):\n"
 
 
 @pytest.mark.timeout(600)
-def test_checks_mode_grades_the_exercise_cells_alone_and_contains_hostile_answers(tmp_path):
+def test_checks_mode_grades_the_exercise_cells_alone_and_contains_hostile_answers(tmp_path, built_book):
     """The default mode runs no cell but the exercises' definitions; an answer that loops, deletes,
     reads the solutions or hogs memory inside its own function is stopped there, and its
     neighbour exercise still gets its verdict."""
@@ -159,12 +183,8 @@ def test_checks_mode_grades_the_exercise_cells_alone_and_contains_hostile_answer
         body["deleter"] = ("def merge(ids, pair, new_id):\n    import os, shutil\n"
                            f"    for t in {targets!r}:\n        shutil.rmtree(t, ignore_errors=True)\n"
                            "        try:\n            os.remove(t)\n        except OSError:\n            pass" + MERGE_AFTER)
-        body["reader"] = ("def merge(ids, pair, new_id):\n    import pathlib\n"
-                          f"    for t in {[str(chapter.parent), str(ROOT / 'chapters')]!r}:\n"
-                          "        p = pathlib.Path(t)\n"
-                          "        files = sorted(p.rglob('*.ipynb')) if p.is_dir() else ([p] if p.exists() else [])\n"
-                          "        if any('BEGIN SOLUTION' in f.read_text() for f in files):\n"
-                          "            raise RuntimeError('READ the solutions at ' + t)" + MERGE_AFTER)
+        body["reader"] = (WALKER + "def merge(ids, pair, new_id):\n    found = solutions_found()\n"
+                          "    if found:\n        raise RuntimeError('READ the solutions at ' + found[0])" + MERGE_AFTER)
     for student, merge in body.items():
         early = "while True:\n    pass" if student == "slow_demo" else None
         nbformat.write(submission(chapter, early, merge), subs / f"{student}.ipynb")

@@ -43,6 +43,27 @@ def recorded_with_this_torch(fx: dict) -> bool:
     return fx["torch_version"] == str(torch.__version__)
 
 
+def has_amx() -> bool:
+    """Whether this CPU has AMX tiles, which oneDNN uses for bf16 (and picks other fp32 kernels around)."""
+    try:
+        return "amx_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+
+
+def same_kernels(fx: dict) -> bool:
+    """Whether this machine runs the recording's CPU kernels: the same torch, and a CPU of the same kind.
+    The fixtures were recorded on an AMD EPYC without AMX (``cpu_amx`` False, the default); an Intel
+    CPU with AMX computes bf16 matmuls on its tiles and rounds differently, so bit-level comparisons
+    hold on the recording's kind of CPU only, and elsewhere become comparisons at a stated tolerance."""
+    return recorded_with_this_torch(fx) and fx.get("cpu_amx", False) == has_amx()
+
+
+# bf16 rounding on another CPU's kernels, one step from equal gradients: measured up to 0.092 of the
+# update on an Intel Xeon with AMX (2026-12-08); the fused-q|k|v error it must stay apart from is 0.9
+ANOTHER_CPU_TOL = 0.15
+
+
 def needs_the_recording_torch(fx: dict) -> None:
     if not recorded_with_this_torch(fx):
         pytest.skip(f"bit-level comparison: the fixtures were recorded with torch {fx['torch_version']}, this is "
@@ -105,10 +126,10 @@ def test_the_forward_pass_is_run_1s_to_the_last_bit(model_fx):
     with torch.no_grad():
         logits = model(model_fx["idx"])
         losses = model(model_fx["idx"], model_fx["targets"], reduction="none")
-    if recorded_with_this_torch(model_fx):
+    if same_kernels(model_fx):
         assert torch.equal(logits, model_fx["logits"])
         assert torch.equal(losses.flatten(), model_fx["loss_per_token"])
-    else:  # another torch's fp32 CPU kernels: rounding only
+    else:  # another torch's or another CPU's fp32 kernels: rounding only
         torch.testing.assert_close(logits, model_fx["logits"], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(losses.flatten(), model_fx["loss_per_token"], rtol=1e-5, atol=1e-5)
     mean = model(model_fx["idx"], model_fx["targets"]).item()
@@ -204,8 +225,9 @@ def test_one_muon_step_is_run_1s_code(optimizer_fx, model_fx):
     needs_the_recording_torch(optimizer_fx)
     ours, theirs = muon_after_one_step(optimizer_fx, model_fx), optimizer_fx["muon_eager_step1"]
     assert set(ours) == set(theirs) and len(theirs) == 26  # 16 attention, 8 MLP matrices, 2 value-embedding gates
+    tol = 1e-5 if same_kernels(optimizer_fx) else ANOTHER_CPU_TOL
     for name, w in theirs.items():
-        assert relative_update_error(model_fx["weights"][name], ours[name], w) < 1e-5, name
+        assert relative_update_error(model_fx["weights"][name], ours[name], w) < tol, name
 
 
 def test_q_k_and_v_handed_to_muon_fused_fail_the_comparison(optimizer_fx, model_fx):
@@ -216,7 +238,8 @@ def test_q_k_and_v_handed_to_muon_fused_fail_the_comparison(optimizer_fx, model_
     errors = {n: relative_update_error(model_fx["weights"][n], ours[n], w) for n, w in theirs.items()}
     qkv = [e for n, e in errors.items() if n.endswith(("c_q.weight", "c_k.weight", "c_v.weight"))]
     assert len(qkv) == 12 and min(qkv) > 0.5
-    assert max(e for n, e in errors.items() if not n.endswith(("c_q.weight", "c_k.weight", "c_v.weight"))) < 1e-5
+    tol = 1e-5 if same_kernels(optimizer_fx) else ANOTHER_CPU_TOL
+    assert max(e for n, e in errors.items() if not n.endswith(("c_q.weight", "c_k.weight", "c_v.weight"))) < tol
 
 
 def test_four_steps_stay_as_close_to_run_1s_compiled_run_as_run_1s_own_code(optimizer_fx, model_fx):

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from nanogpt_core.lab.scoreboard import (crossing, early_steps, format_table, fresh_compile_caches, largest_rise, plot,
-                                         run_scoreboard, scoreboard, summarize)
+from nanogpt_core.lab.scoreboard import (bpb_at, crossing, early_steps, format_table, fresh_compile_caches, largest_rise,
+                                         plot, run_scoreboard, scoreboard, summarize)
 
 
 def run(stage, curve, compile_seconds=0.0):
@@ -34,6 +34,19 @@ def test_speedup_is_baseline_time_over_time_to_target_with_compile_included():
     assert rows[2]["speedup"] is None and rows[2]["seconds_to_target"] is None
 
 
+def test_an_easier_target_reads_the_same_runs_at_the_baselines_bpb_after_some_seconds():
+    base = run("gpt2", [(0, 3.0), (50, 2.5), (100, 2.0)], compile_seconds=1.0)
+    fast = run("compile", [(0, 3.0), (10, 2.0), (20, 1.5)], compile_seconds=5.0)
+    assert bpb_at(base["val"], 25) == pytest.approx(2.75)
+    with pytest.raises(ValueError, match="ends at 100 s"):
+        bpb_at(base["val"], 150)
+    rows = scoreboard([base, fast], baseline_seconds=25)  # target 2.75: fast crosses it at 2.5 s, plus 5 s compile
+    assert rows[0]["speedup"] == pytest.approx(1.0) and rows[0]["seconds_to_target"] == pytest.approx(26.0)
+    assert rows[1]["seconds_to_target"] == pytest.approx(7.5) and rows[1]["speedup"] == pytest.approx(26 / 7.5)
+    # against the end of the baseline (2.0 at 100 s) the same compile weighs less
+    assert scoreboard([base, fast])[1]["speedup"] == pytest.approx(101 / 15)
+
+
 def test_summary_over_seeds_has_mean_spread_and_two_significant_figures():
     seed0 = scoreboard([run("gpt2", [(0, 3.0), (100, 2.0)]), run("compile", [(0, 3.0), (10, 2.0)])])
     seed1 = scoreboard([run("gpt2", [(0, 3.0), (100, 2.1)]), run("compile", [(0, 3.0), (10, 2.2)])])  # never reaches 2.1
@@ -43,7 +56,8 @@ def test_summary_over_seeds_has_mean_spread_and_two_significant_figures():
     assert summary[1]["speedup"]["mean"] == pytest.approx(10.0)
     assert summary[1]["final_val_bpb"]["mean"] == pytest.approx(2.1)
     text = format_table(summary, [2.0, 2.1])
-    assert "1/2" in text and "10 ± 0" in text
+    assert "1/2" in text and "10 (1 seed)" in text  # one seed reached it: no spread to show
+    assert "1 (baseline)" in text and "± 0.000" not in text and "1 ± 0" not in text
 
 
 def test_a_stage_stopped_at_the_target_has_a_speedup_but_no_final_bpb():
@@ -68,6 +82,16 @@ def test_fresh_compile_caches_gives_an_empty_inductor_dir_and_restores_the_old_o
         fresh = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
         assert fresh.is_dir() and not any(fresh.iterdir()) and str(fresh) != "/somewhere/else"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/else" and not fresh.exists()
+
+
+def test_fresh_compile_caches_forgets_what_inductor_built_earlier_in_the_process():
+    """Inductor memoizes its compiled kernels by their source in this process: a stage compiled after
+    another with the same kernels would otherwise count a warm compile as cold."""
+    from torch._inductor.codecache import PyCodeCache
+
+    PyCodeCache.modules_no_attr["a kernel compiled before"] = object()
+    with fresh_compile_caches():
+        assert "a kernel compiled before" not in PyCodeCache.modules_no_attr
 
 
 def test_train_stops_at_the_first_evaluation_at_or_below_the_finish_line(tiny_cfg, small_data):

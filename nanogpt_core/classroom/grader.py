@@ -17,13 +17,18 @@ passes only when both runs agree:
    redefines a check in an earlier cell fools only its own kernel, so a wrong answer fails.
 
 Each run is its own process, in a throw-away sandbox folder, with a wall-clock limit, a memory
-cap (RLIMIT_AS), no network (a new network namespace via ``unshare``, with only its own loopback) and a read-only view of the
-files outside the sandbox (a private mount namespace, capabilities dropped with ``setpriv``), in
-which the instructor's files are not there at all: the chapters (with their solutions), the
-submissions, the report, the temporary folder that holds the other sandboxes, and the course's
-own chapters, tests and git history are covered by empty file systems. What a submission sees
-is its own notebook, the results the chapters read, and the installed Python packages.
-Without ``unshare`` the sandbox can only point HOME, the working folder and TMPDIR into itself.
+cap (RLIMIT_AS), no network (a new network namespace via ``unshare``, with only its own loopback),
+its own process table, and a file system built for it (``visible_paths``, entered with chroot,
+capabilities dropped with ``setpriv``) that holds only what the checks need: the system's programs
+and libraries, Python and its installed packages, this package, and the sandbox folder (the
+submission and the results the chapters read). Everything else is absent, not hidden by a list:
+the instructor's chapters with their solutions, the other submissions, the report, the course's
+checkout around the package (a built book carries the chapters too), the home folders. Only the
+sandbox folder and a private /tmp are writable. Without ``unshare`` the sandbox can only point
+HOME, the working folder and TMPDIR into itself.
+
+While a check runs, the package functions that answer its exercise are watched (``watch.py``): an
+answer that calls one, however imported or wrapped, fails.
 
 What this does not stop: an answer's own function body runs beside the check in step 2, so an
 answer written to tamper with the grader (not an earlier cell) could; an answer that names the
@@ -82,11 +87,12 @@ def find_submissions(folder: Path) -> list[tuple[str, Path]]:
 def _unshare() -> list[str]:
     """New network, pid and mount namespaces (as root, or as a user through a user namespace)."""
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return ["unshare", *user, "--mount", "--propagation", "private", "--net", "--pid", "--fork", "--kill-child"]
+    return ["unshare", *user, "--mount", "--propagation", "private", "--net", "--pid", "--fork", "--kill-child",
+            "--mount-proc"]
 
 
 # mount(2) flags
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC = 1, 2, 4, 4096, 16384
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC = 1, 2, 4, 32, 4096, 16384
 
 
 def _mount(source: str, target: str, fstype: str | None = None, flags: int = 0, data: str | None = None) -> None:
@@ -99,46 +105,67 @@ def _mount(source: str, target: str, fstype: str | None = None, flags: int = 0, 
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-def _hide(path: str, keep: list[str]) -> None:
-    """Cover ``path`` with an empty tmpfs, except the paths of ``keep`` inside it, bound back in place."""
-    path = os.path.realpath(path)
-    if path == "/" or not os.path.isdir(path):
-        return
-    inside = sorted(k for k in keep if k.startswith(path + os.sep) and os.path.exists(k))
-    inside = [k for k in inside if not any(k.startswith(o + os.sep) for o in inside if o != k)]  # outermost only
-    fds = [(k, os.open(k, os.O_PATH | os.O_CLOEXEC)) for k in inside]
-    _mount("tmpfs", path, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m")
-    for k, fd in fds:  # recreate each kept path in the tmpfs and bind the original onto it (by its open fd)
-        if os.path.isdir(f"/proc/self/fd/{fd}"):
-            os.makedirs(k, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(k), exist_ok=True)
-            open(k, "a").close()
-        _mount(f"/proc/self/fd/{fd}", k, None, _MS_BIND | _MS_REC)
-        os.close(fd)
+def visible_paths(box: str) -> list[str]:
+    """All that a submission sees of the machine (read-only, but ``box``): the system's programs and
+    libraries, Python with its installed packages, this package (the checks are in it), and the
+    sandbox folder ``box`` (its notebook and the results the chapters read). Nothing else: not
+    the course's checkout around the package (chapters, tests, history, a built book), not the
+    instructor's or any other student's files, not the home folders."""
+    import sysconfig
 
-
-def hidden_paths(*instructor: Path | None) -> list[str]:
-    """What a submission must not read: the instructor's folders given, the temporary folder (the
-    other sandboxes), and the chapters, tests and git history of the source tree of this package."""
     import nanogpt_core
 
-    tree = Path(nanogpt_core.__file__).resolve().parent.parent
-    paths = [p for p in instructor if p is not None]
-    paths.append(Path(tempfile.gettempdir()))
-    if (tree / "pyproject.toml").exists():  # a source checkout (an editable install), not site-packages
-        paths += [tree / name for name in ("chapters", "tests", ".git")]
-    return sorted({str(Path(p).resolve()) for p in paths if Path(p).exists()})
+    paths = {"/usr", "/etc", "/dev", "/sys", os.path.dirname(os.path.abspath(nanogpt_core.__file__)), box,
+             sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),
+             *(v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib"))}
+    paths = {os.path.realpath(p) for p in paths if os.path.isdir(p)} | {p for p in paths if os.path.isdir(p)}
+    return sorted(paths)
 
 
-def _kept_paths(box: str) -> list[str]:
-    """What the sandbox needs even where it lies inside a hidden path: itself, Python and its packages."""
-    import nanogpt_core
+_TOP_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # on merged-/usr systems, links into /usr
 
-    keep = {box, sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),
-            os.path.dirname(nanogpt_core.__file__)}
-    keep.update(p for p in sys.path if p and os.path.isdir(p))
-    return sorted(os.path.realpath(k) for k in keep)
+
+def _build_root(root: str, box: str) -> None:
+    """Make ``root`` (an empty folder) the sandbox's file system: a tmpfs holding bind mounts of
+    ``visible_paths`` at their own paths, a private /tmp, and the namespace's own /proc."""
+    _mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m")
+    for top in _TOP_LINKS:
+        if os.path.islink(top):
+            os.symlink(os.readlink(top), root + top)
+    binds = [p for p in visible_paths(box) if os.path.realpath(p) == p]  # real paths only: no link leads out
+    binds = sorted(set(binds) | {p for p in _TOP_LINKS if os.path.isdir(p) and not os.path.islink(p)}, key=len)
+    os.makedirs(root + "/tmp")
+    _mount("tmpfs", root + "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777,size=256m")
+    os.makedirs(root + "/proc")
+    _mount("/proc", root + "/proc", None, _MS_BIND | _MS_REC)  # unshare --mount-proc: this pid namespace's only
+    for path in binds:
+        if any(path != b and path.startswith(b + os.sep) for b in binds if b != box) and path != box:
+            continue  # inside a folder already shown
+        target = root + path
+        if not os.path.isdir(target):
+            os.makedirs(target)
+        _mount(path, target, None, _MS_BIND | (0 if path in (box, "/sys") else _MS_REC))
+    for target in sorted({os.path.realpath(p) for p in visible_paths(box)} - set(binds)):
+        if not os.path.exists(root + target):  # a link's target outside every bind: shown by its real path
+            os.makedirs(root + target)
+            _mount(target, root + target, None, _MS_BIND | _MS_REC)
+
+
+def _read_only(root: str, writable: list[str]) -> None:
+    """Remount every mount under ``root`` read-only but ``writable`` (keeping the flags a user namespace
+    may not clear); fail closed."""
+    with open("/proc/self/mountinfo") as f:  # fields 5 and 6: mount point, per-mount options
+        mounts = {line.split()[4]: line.split()[5].split(",") for line in f}
+    for mount, options in sorted(mounts.items()):
+        if not (mount == root or mount.startswith(root + os.sep)) or mount in writable:
+            continue
+        if mount == root + "/proc" or mount.startswith(root + "/proc/"):
+            continue  # this pid namespace's own procfs (a process without capabilities cannot write it)
+        keep = [o for o in options if o in ("nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime")]
+        done = subprocess.run(["mount", "-o", ",".join(["remount", "bind", "ro", *keep]), mount],
+                              capture_output=True, text=True)
+        if done.returncode != 0:  # fail closed: never run student code on a writable file system
+            sys.exit(f"sandbox: cannot make {mount} read-only: {done.stderr.strip()}")
 
 
 def isolation() -> dict[str, bool]:
@@ -175,7 +202,7 @@ def cpu_share(jobs: int) -> list[list[int]]:
 
 
 def _in_sandbox(box: Path, runner: list[str], timeout: float, memory_gb: float, iso: dict[str, bool],
-                hide: list[str] = (), isolated: bool = False, cpus: list[int] | None = None) -> str:
+                isolated: bool = False, cpus: list[int] | None = None) -> str:
     """Run ``python -m nanogpt_core.classroom.grader RUNNER...`` in the sandbox folder ``box`` (HOME,
     TMPDIR and the working folder ``box/chapters`` inside it) on ``cpus`` (default: all this
     process may use), with as many OpenMP threads, waiting passively (a spinning OpenMP worker
@@ -192,7 +219,7 @@ def _in_sandbox(box: Path, runner: list[str], timeout: float, memory_gb: float, 
         env.update({k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")})
     cmd = [sys.executable, *(["-I"] if isolated else []), "-m", "nanogpt_core.classroom.grader", *runner]
     if iso["read_only_files"]:
-        cmd = [*_unshare(), *cmd, "--jail", str(box), *(a for h in hide for a in ("--hide", h))]
+        cmd = [*_unshare(), *cmd, "--jail", str(box)]
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True,
                             preexec_fn=_limits(int(memory_gb * 2**30), (int(timeout) + 60) * len(cpus), cpus))
@@ -210,12 +237,12 @@ def _in_sandbox(box: Path, runner: list[str], timeout: float, memory_gb: float, 
 
 
 def run_sandboxed(nb, timeout: float, memory_gb: float, iso: dict[str, bool], results: Path | None = None,
-                  hide: list[str] = (), cpus: list[int] | None = None) -> tuple[object, str]:
+                  cpus: list[int] | None = None) -> tuple[object, str]:
     """Execute ``nb`` in a fresh sandbox; return (the executed notebook, what happened).
 
     ``results``: the committed results the chapters read (``lab.results.committed``), copied into
     the sandbox as ``book/results/`` beside its ``chapters/`` folder.
-    ``hide``: folders the notebook must not see (see ``hidden_paths``)."""
+    What the notebook sees of the machine: ``visible_paths``."""
     box = Path(tempfile.mkdtemp(prefix="nanogpt-grade-"))
     try:
         work = box / "chapters"
@@ -224,7 +251,7 @@ def run_sandboxed(nb, timeout: float, memory_gb: float, iso: dict[str, bool], re
             shutil.copytree(results, box / "book" / "results")
         nbformat.write(nb, work / "submission.ipynb")
         status = _in_sandbox(box, ["_execute", str(work / "submission.ipynb"), str(work / "executed.ipynb"),
-                                   str(timeout)], timeout, memory_gb, iso, hide, cpus=cpus)
+                                   str(timeout)], timeout, memory_gb, iso, cpus=cpus)
         try:  # the student's code could have overwritten it with anything
             nb_out = nbformat.read(work / "executed.ipynb", as_version=4)
         except Exception:
@@ -251,28 +278,21 @@ def _loopback_up() -> None:
         pass
 
 
-def _jail(box: str, hide: list[str], runner: list[str]) -> None:
-    """Inside fresh namespaces: cover the ``hide`` folders with empty file systems, make every
-    mount read-only except ``box``, then re-run ``runner`` without any capability (so the
-    student's code cannot remount or unmount anything)."""
-    keep = _kept_paths(box)
-    for path in sorted(hide, key=len, reverse=True):
-        try:
-            _hide(path, keep)
-        except OSError as err:  # fail closed: never run student code where it could read them
-            sys.exit(f"sandbox: cannot hide {path}: {err}")
-    subprocess.run(["mount", "--bind", box, box], check=True)
-    with open("/proc/self/mountinfo") as f:  # fields 5 and 6: mount point, per-mount options
-        mounts = {line.split()[4]: line.split()[5].split(",") for line in f}
-    for mount, options in sorted(mounts.items()):
-        if mount == box or mount.startswith(("/proc", "/sys")) or not os.path.lexists(mount):
-            continue  # (a mount point that no longer exists lies under a hidden folder: out of reach)
-        # keep the flags a user namespace may not clear (nosuid, nodev, noexec); add ro
-        keep = [o for o in options if o in ("nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime")]
-        done = subprocess.run(["mount", "-o", ",".join(["remount", "bind", "ro", *keep]), mount],
-                              capture_output=True, text=True)
-        if done.returncode != 0:  # fail closed: never run student code on a writable file system
-            sys.exit(f"sandbox: cannot make {mount} read-only: {done.stderr.strip()}")
+def _jail(box: str, runner: list[str]) -> None:
+    """Inside fresh namespaces: build a file system that holds only ``visible_paths`` (all read-only
+    but ``box`` and a private /tmp), enter it (chroot), then re-run ``runner`` without any
+    capability (so the student's code cannot remount, unmount or leave it)."""
+    root = os.path.join(box, ".root")
+    os.makedirs(root, exist_ok=True)
+    try:
+        _build_root(root, box)
+    except OSError as err:  # fail closed: never run student code where it could see more
+        sys.exit(f"sandbox: cannot build its file system: {err}")
+    _read_only(root, writable=[root + box, root + "/tmp"])
+    _mount("", root, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    cwd = os.getcwd()
+    os.chroot(root)
+    os.chdir(cwd)
     _loopback_up()
     os.execvp("setpriv", ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--ambient-caps", "-all",
                           "--no-new-privs", "--", sys.executable, *(["-I"] if sys.flags.isolated else []),
@@ -367,7 +387,7 @@ def _check_of(ex: Exercise, nb, checks: dict) -> str | None:
 
 
 def recheck(nb, expected: list[Exercise], imports: str, timeout: float, memory_gb: float, iso: dict[str, bool],
-            hide: list[str] = (), cpus: list[int] | None = None) -> dict[str, tuple[bool, str]]:
+            cpus: list[int] | None = None) -> dict[str, tuple[bool, str]]:
     """Run each exercise's check again on the submitted function, in a fresh sandboxed interpreter
     (``python -I``) that runs nothing else of the notebook; function name -> (passed, message).
 
@@ -391,7 +411,7 @@ def recheck(nb, expected: list[Exercise], imports: str, timeout: float, memory_g
     try:
         (box / "spec.json").write_text(json.dumps(spec))
         status = _in_sandbox(box, ["_recheck", str(box / "spec.json"), str(box / "checked.json"), str(timeout)],
-                             timeout + 30, memory_gb, iso, hide, isolated=True, cpus=cpus)
+                             timeout + 30, memory_gb, iso, isolated=True, cpus=cpus)
         try:
             checked = json.loads((box / "checked.json").read_text())
         except (OSError, ValueError):
@@ -480,7 +500,7 @@ def verdicts(student: str, chapter: str, expected: list[Exercise], executed, sta
 
 def grade_one(student: str, path: Path, chapters: Path, timeout: float, memory_gb: float,
               iso: dict[str, bool], executed_dir: Path | None = None, results: Path | None = None,
-              hide: list[str] = (), cpus: list[int] | None = None, mode: str = "checks") -> tuple[list[Row], str]:
+              cpus: list[int] | None = None, mode: str = "checks") -> tuple[list[Row], str]:
     """Grade one submitted notebook: run each check on the submitted function alone (``recheck``);
     with ``mode="notebook"``, first restore its check cells from the chapter and run the whole
     notebook, and pass a check only if both runs passed it."""
@@ -508,15 +528,15 @@ def grade_one(student: str, path: Path, chapters: Path, timeout: float, memory_g
         return [Row(student, chapter, "-", False, "no exercises found (is this a chapter with exercises?)")], "skipped"
     if mode == "checks":
         t0 = time.perf_counter()
-        rechecked = recheck(submitted, expected, imports, timeout, memory_gb, iso, hide, cpus)
+        rechecked = recheck(submitted, expected, imports, timeout, memory_gb, iso, cpus)
         status = f"checks run on the exercise cells alone (the notebook was not executed) in {time.perf_counter() - t0:.0f} s"
         return [Row(student, chapter, ex.function, *rechecked.get(ex.function, (False, "the check did not run")))
                 for ex in expected], status
     t0 = time.perf_counter()
-    executed, status = run_sandboxed(nb, timeout, memory_gb, iso, results, hide, cpus)
+    executed, status = run_sandboxed(nb, timeout, memory_gb, iso, results, cpus)
     status += f" in {time.perf_counter() - t0:.0f} s"
     t0 = time.perf_counter()
-    rechecked = recheck(submitted, expected, imports, timeout, memory_gb, iso, hide, cpus)
+    rechecked = recheck(submitted, expected, imports, timeout, memory_gb, iso, cpus)
     status += f"; checked again in {time.perf_counter() - t0:.0f} s"
     if executed is not None and executed_dir is not None:
         (executed_dir / student).mkdir(parents=True, exist_ok=True)
@@ -543,10 +563,9 @@ def grade(submissions: Path, out: Path, chapters: Path, timeout: float = 300,
         raise ClassroomError(f"no .ipynb submissions in {submissions} (expected NAME.ipynb or NAME/*.ipynb)")
     out.mkdir(parents=True, exist_ok=True)
     iso = isolation()
-    hide = hidden_paths(chapters, submissions, out) if iso["read_only_files"] else []
     log(f"isolation: network {'blocked (unshare)' if iso['no_network'] else 'NOT blocked (no unshare)'}, "
         f"files {'read-only outside the sandbox' if iso['read_only_files'] else 'NOT protected (no unshare)'}"
-        + (f", hidden: {', '.join(hide)}" if hide else ""))
+        + (", nothing else visible but the system, Python, this package and the sandbox" if iso["read_only_files"] else ""))
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
@@ -559,7 +578,7 @@ def grade(submissions: Path, out: Path, chapters: Path, timeout: float = 300,
         cpus = shares.get()  # a free share: never two sandboxes on the same CPUs
         try:
             new, status = grade_one(_safe(student), path, chapters, timeout, memory_gb, iso, out / "executed",
-                                    results, hide, cpus, mode)
+                                    results, cpus, mode)
         finally:
             shares.put(cpus)
         done[0] += 1
@@ -608,8 +627,8 @@ def _cell(text: str) -> str:
 
 
 if __name__ == "__main__" and sys.argv[1:2] in (["_execute"], ["_recheck"]):
-    # RUNNER IN OUT LIMIT [--jail BOX [--hide PATH]...]: in the sandbox's namespaces, set it up first
+    # RUNNER IN OUT LIMIT [--jail BOX]: in the sandbox's namespaces, set it up first
     runner, rest = sys.argv[1:5], sys.argv[5:]
     if rest[:1] == ["--jail"]:
-        _jail(rest[1], [rest[i + 1] for i in range(2, len(rest) - 1, 2) if rest[i] == "--hide"], runner)
+        _jail(rest[1], runner)
     sys.exit((_execute if runner[0] == "_execute" else _recheck)(runner[1], runner[2], float(runner[3])))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import importlib
+import os
 import pkgutil
 import re
 from dataclasses import dataclass
@@ -214,21 +216,25 @@ def make_student(nb, nb_path_stem: str, keep_solutions: bool = False):
     return nb
 
 
-def _visible_text(nb) -> str:
-    """Everything a reader of ``nb`` sees: cell sources and text outputs (HTML with its tags removed),
+def _cell_text(cell) -> str:
+    """What a reader sees of one cell: its source and text outputs (HTML with its tags removed),
     with runs of whitespace collapsed to one space."""
     import html
 
-    parts = []
-    for cell in nb.cells:
-        parts.append(cell.source)
-        for out in cell.get("outputs", []):
-            parts.append(out.get("text", ""))
-            for mime, value in out.get("data", {}).items():
-                if mime.startswith("text/"):
-                    text = "".join(value) if isinstance(value, list) else str(value)
-                    parts.append(html.unescape(re.sub(r"<[^>]+>", "", text)) if mime == "text/html" else text)
+    parts = [cell.source]
+    for out in cell.get("outputs", []):
+        parts.append(out.get("text", ""))
+        for mime, value in out.get("data", {}).items():
+            if mime.startswith("text/"):
+                text = "".join(value) if isinstance(value, list) else str(value)
+                parts.append(html.unescape(re.sub(r"<[^>]+>", "", text)) if mime == "text/html" else text)
     return re.sub(r"\s+", " ", "\n".join(parts))
+
+
+def _visible_text(nb) -> str:
+    """Everything a reader of ``nb`` sees: cell sources and text outputs (HTML with its tags removed),
+    with runs of whitespace collapsed to one space."""
+    return " ".join(_cell_text(cell) for cell in nb.cells)
 
 
 def solution_lines(nb, ex: Exercise, shortest: int = 16) -> list[str]:
@@ -252,6 +258,228 @@ def leaked_solution_lines(nb, student, chapter: str) -> list[tuple[str, str]]:
     visible = _visible_text(student)
     return [(ex.function, line) for ex in find_exercises(nb, chapter) for line in solution_lines(nb, ex)
             if line in visible]
+
+
+# ---- a later chapter's answer shown in an earlier chapter ---------------------------------------
+
+
+def _code_lines(source: str, shortest: int) -> list[tuple[int, str]]:
+    """(line number, text) of the lines of Python ``source`` that carry its logic: without comments,
+    docstrings, decorators and ``def``/``class`` lines (the signature is the exercise's interface,
+    not its answer), whitespace collapsed, at least ``shortest`` characters long."""
+    import io
+    import textwrap
+    import tokenize
+
+    source = textwrap.dedent(source)
+    skip, cut = set(), {}
+    try:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                skip.update(range(min([d.lineno for d in node.decorator_list] + [node.lineno]), node.body[0].lineno))
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(getattr(first.value, "value", None), str):
+                    skip.update(range(first.lineno, first.end_lineno + 1))
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                cut[tok.start[0]] = tok.start[1]
+    except (SyntaxError, tokenize.TokenError):
+        pass
+    found = []
+    for n, line in enumerate(source.splitlines(), 1):
+        text = re.sub(r"\s+", " ", line[: cut.get(n, len(line))]).strip()
+        if n not in skip and len(text) >= shortest:
+            found.append((n, text))
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _holders() -> dict[str, frozenset[tuple[str, int, int]]]:
+    """Every line of code in the package -> the functions that hold it, as (file, first line, last
+    line) of the innermost function around it."""
+    import collections
+
+    package = Path(importlib.import_module("nanogpt_core").__file__).parent
+    holders = collections.defaultdict(set)
+    for path in sorted(package.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        innermost = {}  # line -> the innermost function holding it (ast.walk visits outer functions first)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                unit = (os.path.realpath(path), node.lineno, node.end_lineno)
+                innermost.update(dict.fromkeys(range(node.lineno, node.end_lineno + 1), unit))
+        for n, text in _code_lines(source, 1):
+            if n in innermost:
+                holders[text].add(innermost[n])
+    return {text: frozenset(units) for text, units in holders.items()}
+
+
+def _answer_codes(target) -> list:
+    """The code objects of an answer (a function, a method, or every method of a class), nested
+    functions included."""
+    from .watch import _codes
+
+    codes, todo = [], list(_codes(target))
+    while todo:
+        code = todo.pop()
+        codes.append(code)
+        todo += [c for c in code.co_consts if hasattr(c, "co_code")]
+    return codes
+
+
+def _answer_lines(target, shortest: int) -> list[tuple[tuple[str, int], str]]:
+    """((file, line number), text) of the non-trivial lines of a package answer's source; none for a
+    function without Python source (a C function of torch)."""
+    import inspect
+
+    try:
+        lines, first = inspect.getsourcelines(target)
+        path = os.path.realpath(inspect.getsourcefile(target))
+    except (OSError, TypeError):
+        return []
+    return [((path, first + n - 1), text) for n, text in _code_lines("".join(lines), shortest)]
+
+
+def _answer_span(target) -> tuple[str, int, int] | None:
+    """(file, first line, last line) of an answer's source, None without Python source."""
+    import inspect
+
+    try:
+        lines, first = inspect.getsourcelines(target)
+        return os.path.realpath(inspect.getsourcefile(target)), first, first + len(lines) - 1
+    except (OSError, TypeError):
+        return None
+
+
+def _distinctive(text: str, spans: list) -> bool:
+    """Whether no function of the package outside ``spans`` (an exercise's answers) holds the line
+    ``text``: a line that other package code holds too (``for doc, take in pieces:``) gives nothing away."""
+    return all(any(path == p and first <= a and b <= last for p, first, last in spans)
+               for path, a, b in _holders().get(text, ()))
+
+
+def _answers(checks: dict, ex: Exercise) -> tuple:
+    """The package functions that answer an exercise: its check's ``answers`` (``@answered_by``)."""
+    return getattr(checks[ex.check.rsplit(".", 1)[1]][1], "answers", ())
+
+
+def _answer_name(target) -> str:
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
+    return name.removeprefix("nanogpt_core.")
+
+
+@dataclass
+class EarlyAnswer:
+    """A line of a later exercise's answer that an earlier chapter shows."""
+
+    chapter: str   # the earlier chapter that shows the line
+    cell: int      # its cell (source or output)
+    exercise: str  # the later exercise, e.g. "8.1 bestfit_row (08_bestfit_packing)"
+    origin: str    # "its reference solution", or the package function that answers it
+    line: str
+
+    def __str__(self) -> str:
+        return (f"{self.chapter}, cell {self.cell} shows {self.line!r}, a line of {self.origin}: the answer to "
+                f"exercise {self.exercise}, a later chapter")
+
+
+class _TaughtLines:
+    """The lines of package answers that an exercise's own check runs on the exercise's reference
+    solution, measured once per exercise with a line tracer (``sys.settrace``, set before the check's
+    watch starts, following only the answers' code objects)."""
+
+    def __init__(self, chapters: dict, exercises: dict, checks: dict, shortest: int):
+        self.chapters, self.exercises, self.ran = chapters, exercises, {}
+        self.solutions = {(stem, ex.function): set(solution_lines(chapters[stem], ex))
+                          for stem, found in exercises.items() for ex in found}
+        self.answers = {(stem, ex.function): _answers(checks, ex) for stem, found in exercises.items() for ex in found}
+        self.lines = {key: [line for target in answers for line in _answer_lines(target, shortest)]
+                      for key, answers in self.answers.items()}
+
+    def _lines_run(self, stem: str, ex: Exercise) -> set[tuple[str, int]]:
+        import contextlib
+        import io
+        import sys
+
+        if (stem, ex.function) in self.ran:
+            return self.ran[stem, ex.function]
+        codes = {code for target in self.answers[stem, ex.function] for code in _answer_codes(target)}
+        ran = set()
+
+        def line(frame, event, arg):
+            if event == "line":
+                ran.add((os.path.realpath(frame.f_code.co_filename), frame.f_lineno))
+            return line
+
+        def call(frame, event, arg):
+            return line if frame.f_code in codes else None
+
+        imports, check = exercise_sources(self.chapters[stem], ex)
+        namespace = {"__name__": "__exercise__"}
+        exec(imports, namespace)
+        exec(_python(self.chapters[stem].cells[ex.solution_cell].source), namespace)
+        previous = sys.gettrace()
+        sys.settrace(call)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(check, namespace)
+        finally:
+            sys.settrace(previous)
+        self.ran[stem, ex.function] = ran
+        return ran
+
+    def taught(self, text: str, up_to: str) -> bool:
+        """Whether an exercise of a chapter up to ``up_to`` has the line ``text`` in its own answer: in
+        its reference solution, or in a package answer whose line its check runs on that solution.
+        Then the earlier chapter shows it as that exercise's answer, which it may."""
+        for stem, exercises in self.exercises.items():
+            for ex in exercises if stem <= up_to else ():
+                if text in self.solutions[stem, ex.function]:
+                    return True
+                where = {w for w, t in self.lines[stem, ex.function] if t == text}
+                if where and where & self._lines_run(stem, ex):
+                    return True
+        return False
+
+
+def answers_shown_early(chapters: dict, shortest: int = 20) -> list[EarlyAnswer]:
+    """Lines of a later chapter's exercise answer that an earlier chapter shows, in a cell's source or output.
+
+    ``chapters``: chapter name -> notebook, in the order of their names (``07_...`` before ``08_...``).
+    An exercise's answer is its reference solution and the package functions its check is
+    ``@answered_by`` (``check.answers``); of those, the lines that carry logic (at least ``shortest``
+    characters, no comments, docstrings or signatures) and that no other function of the package
+    holds. An earlier chapter may show what its own exercises answer: their reference solutions' lines,
+    and the lines of their package answers that their checks run on those solutions (measured with a
+    line tracer, only when such a line is found). That matters where one package function answers
+    exercises of two chapters: ``loaders.fill_row`` answers 7.1 with its greedy branch and 8.1 with
+    its BestFit-Crop branch, so chapter 7 may show the first and not the second.
+    """
+    checks = _check_functions()
+    order = sorted(chapters)
+    exercises = {stem: find_exercises(chapters[stem], stem) for stem in order}
+    texts = {stem: [_cell_text(cell) for cell in chapters[stem].cells] for stem in order}
+    taught = _TaughtLines(chapters, exercises, checks, shortest)
+    found: dict[tuple, EarlyAnswer] = {}
+    for n, later in enumerate(order):
+        for ex in exercises[later]:
+            spans = [span for target in _answers(checks, ex) if (span := _answer_span(target))]
+            lines = [(text, "its reference solution") for text in solution_lines(chapters[later], ex)]
+            for target in _answers(checks, ex):
+                lines += [(text, _answer_name(target)) for _, text in _answer_lines(target, shortest)]
+            lines = [(text, origin) for text, origin in lines if _distinctive(text, spans)]
+            label = f"{ex.number or '-'} {ex.function} ({later})"
+            for earlier in order[:n]:
+                for i, visible in enumerate(texts[earlier]):
+                    for text, origin in lines:
+                        key = (earlier, i, label, text)
+                        if key not in found and text in visible and not taught.taught(text, earlier):
+                            found[key] = EarlyAnswer(earlier, i, label, origin, text)
+    return list(found.values())
 
 
 def chapter_paths(names: list[str] | None, chapters: Path) -> list[Path]:

@@ -83,13 +83,18 @@ def significant(x: float, digits: int = 2) -> str:
 
 
 def significant_pm(s: dict | None, missing: str = "-") -> str:
-    """A ``spread`` as 'mean ± std', the mean to 2 significant figures and the std to 1 (``missing`` if None)."""
-    return missing if s is None else f"{significant(s['mean'])} ± {significant(s['std'], 1)}"
+    """A ``spread`` as 'mean ± std', the mean to 2 significant figures and the std to 1 ('mean (1 seed)'
+    when there is one value: no spread to show; ``missing`` if None)."""
+    if s is None:
+        return missing
+    return f"{significant(s['mean'])} (1 seed)" if s["n"] == 1 else f"{significant(s['mean'])} ± {significant(s['std'], 1)}"
 
 
 def mean_pm(values, digits: int = 3) -> str:
     """'mean ± std (n seeds)' with ``digits`` decimals: how the book prints a figure over seeds."""
     s = spread(values)
+    if s["n"] == 1:
+        return f"{s['mean']:.{digits}f} (1 seed)"
     return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f} (n={s['n']})"
 
 
@@ -108,6 +113,11 @@ def paired_difference(a, b) -> dict:
     return {**s, "diffs": diffs, "verdict": verdict}
 
 
+VERDICT_WORDS = {"noise": "noise (the seed range contains 0)", "b lower": "lower on every seed",
+                 "b higher": "higher on every seed"}
+
+
 def describe_difference(name: str, d: dict, unit: str = "bpb") -> str:
-    """One line for a ``paired_difference``: its mean, its seed range and the verdict."""
-    return f"{name}: {d['mean']:+.4f} {unit} (seed range {d['min']:+.4f} .. {d['max']:+.4f}): {d['verdict']}"
+    """One line for a ``paired_difference``: its mean, its seed range and the verdict, in words."""
+    return (f"{name}: {d['mean']:+.4f} {unit} (seed range {d['min']:+.4f} .. {d['max']:+.4f}): "
+            f"{VERDICT_WORDS.get(d['verdict'], d['verdict'])}")

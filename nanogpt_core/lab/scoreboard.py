@@ -1,7 +1,8 @@
 """The course's own speedrun: every stage of the ladder on the machine at hand, against the gpt2 baseline.
 
 Protocol (the fair one for a speedrun): every stage gets the same training wall-time budget
-S seconds. A short calibration run measures the stage's seconds per step, and the real
+S seconds. A short calibration run measures the stage's seconds per step (the median of its
+steps after the first), and the real
 run is given ``steps = S / step_seconds`` so that its LR schedule spans the budget. Then:
 
     target        the baseline's (stage gpt2) final val bpb, with the same seed
@@ -18,9 +19,10 @@ budget); ``stop_at_target=False`` runs every stage to the end of its budget inst
 Every stage is run with each seed (interleaved by seed); the table gives mean ± std over seeds and
 speedups to 2 significant figures, since one run's 4th digit is noise.
 
+A speedup is a property of its target: ``scoreboard(runs, baseline_seconds=60)`` reads the same
+runs against an easier one, the baseline's val bpb after its first minute of training.
+
     python -m nanogpt_core speedrun --scale toy --seconds 360 --seeds 0 1 2 --out book/results/speedrun_scoreboard
-    python -m nanogpt_core speedrun --scale toy --seconds 60 --seeds 0 1 2 --run-out \
-        --out book/results/speedrun_scoreboard_60s
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import tempfile
+import statistics
 from pathlib import Path
 
 from ..config import STAGES, stage_config
@@ -59,22 +60,22 @@ def early_steps(steps: int) -> tuple[int, ...]:
 
 @contextlib.contextmanager
 def fresh_compile_caches():
-    """Compile as on a fresh machine: an empty Inductor cache directory and no graphs compiled
-    earlier in this process (both restored afterwards)."""
+    """Compile as on a fresh machine: no graphs compiled earlier in this process, an empty Inductor
+    cache directory, and Inductor's in-memory caches cleared (its compiled kernels are memoized by
+    their source: without this, a stage whose kernels an earlier stage already built, such as
+    `muon` after `compile`, would compile in a fraction of its cold time)."""
     import torch._dynamo
 
-    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="speedrun_inductor_") as fresh:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
-        torch._dynamo.reset()
-        try:
+    try:
+        from torch._inductor.utils import fresh_cache
+    except ImportError:  # torch before 2.9 names it fresh_inductor_cache
+        from torch._inductor.utils import fresh_inductor_cache as fresh_cache
+    torch._dynamo.reset()
+    try:
+        with fresh_cache():
             yield
-        finally:
-            torch._dynamo.reset()
-            if before is None:
-                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+    finally:
+        torch._dynamo.reset()
 
 
 def largest_rise(losses: list[float], after: int) -> float:
@@ -83,7 +84,7 @@ def largest_rise(losses: list[float], after: int) -> float:
     return max((b - a for a, b in zip(tail, tail[1:])), default=0.0)
 
 
-def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_steps: int = 4, seed: int | None = None,
+def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_steps: int = 6, seed: int | None = None,
               evals: int = 12, target: float | None = None, **overrides) -> dict:
     """Train ``stage`` for about ``seconds`` of training time; returns its RunResult as a dict.
 
@@ -98,7 +99,8 @@ def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_ste
                                           "eval_tokens": min(4096, overrides.get("eval_tokens", 4096))})
     with fresh_compile_caches():
         _, calib = train(probe, data, progress=False)
-        step_seconds = calib.wall_seconds / max(1, calib.steps - 1)  # the first step (compile) is timed apart
+        # the median step after the first (compile, timed apart): one slow step does not shorten the budget
+        step_seconds = statistics.median(calib.step_seconds[1:]) if calib.steps > 1 else calib.compile_seconds
         steps = max(calibration_steps, int(seconds / step_seconds))
         warmup = stage_config(stage, scale).train.warmup_steps
         cfg = stage_config(stage, scale, **{**overrides, "steps": steps, "eval_every": max(1, steps // evals),
@@ -114,11 +116,23 @@ def run_stage(stage: str, scale: str, seconds: float, data=None, calibration_ste
     return out
 
 
-def scoreboard(runs: list[dict]) -> list[dict]:
-    """The table of one seed: each stage against the first run (the baseline)."""
+def bpb_at(val: list[dict], seconds: float) -> float:
+    """The val bpb of a curve after ``seconds`` of training, interpolated between its evaluations."""
+    for prev, cur in zip(val, val[1:]):
+        if cur["seconds"] >= seconds:
+            frac = (seconds - prev["seconds"]) / max(cur["seconds"] - prev["seconds"], 1e-9)
+            return prev["bpb"] + min(max(frac, 0.0), 1.0) * (cur["bpb"] - prev["bpb"])
+    raise ValueError(f"the curve ends at {val[-1]['seconds']:.0f} s of training, before {seconds:g} s")
+
+
+def scoreboard(runs: list[dict], baseline_seconds: float | None = None) -> list[dict]:
+    """The table of one seed: each stage against the first run (the baseline). The target is the
+    baseline's final val bpb, or with ``baseline_seconds`` its val bpb after that much training."""
     base = runs[0]
-    target = base["final_val_bpb"]
-    base_time = base["wall_seconds"] + base["compile_seconds"]
+    if baseline_seconds is None:
+        target, base_time = base["final_val_bpb"], base["wall_seconds"] + base["compile_seconds"]
+    else:
+        target, base_time = bpb_at(base["val"], baseline_seconds), baseline_seconds + base["compile_seconds"]
     rows = []
     for run in runs:
         t = crossing(run["val"], target, "seconds")
@@ -160,10 +174,12 @@ def format_table(summary: list[dict], targets: list[float]) -> str:
              "final val bpb"]
     for r in summary:
         tok, bpb = r["tokens_per_second"], r["final_val_bpb"]
-        final = "stopped at target" if bpb is None else f"{bpb['mean']:.3f} ± {bpb['std']:.3f} (n={bpb['n']})"
+        final = ("stopped at target" if bpb is None else f"{bpb['mean']:.3f} (1 seed)" if bpb["n"] == 1
+                 else f"{bpb['mean']:.3f} ± {bpb['std']:.3f} (n={bpb['n']})")
+        speedup = "1 (baseline)" if r is summary[0] else significant_pm(r["speedup"])
         lines.append(f"{r['stage']:<18}{significant(tok['mean']):>7} ± {significant(tok['std'], 1):<4}"
                      f"{significant_pm(r['compile_seconds']):>12}{r['reached']:>4}/{r['seeds']}"
-                     f"{significant_pm(r['seconds_to_target']):>14}{significant_pm(r['speedup']):>13}   {final}")
+                     f"{significant_pm(r['seconds_to_target']):>14}{speedup:>13}   {final}")
     return "\n".join(lines)
 
 

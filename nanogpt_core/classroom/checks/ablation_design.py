@@ -23,6 +23,8 @@ import statistics
 import torch
 
 from ...config import STAGES, Config
+from ...model import rotary_tables
+from ..watch import answered_by
 from . import Case, CheckFailed, call_student, check_function
 
 # ---- Exercise 10.1: half-truncated RoPE tables ------------------------------------------------------
@@ -56,6 +58,7 @@ def _diagnose_rope(got, seq_len: int, head_dim: int, base: float, where: str) ->
                       "they are evenly spaced in the exponent (a geometric sequence from 1 to 1/base)")
 
 
+@answered_by(half_rope_tables, rotary_tables, "lab/ablations_negative.py:half_truncated_rotary_tables")
 def check_half_rope_tables(student) -> bool:
     """Compare ``student(seq_len, head_dim, base)`` with half-truncated RoPE's tables, and say which property is off."""
     rng = random.Random()
@@ -220,6 +223,7 @@ def _validate(out, runner: StandInRun, scenario: str) -> None:
                           "a difference is noise when the seeds disagree on its sign (their range contains zero)")
 
 
+@answered_by(_verdict)
 def check_ablation(student) -> bool:
     """Run ``student(run)`` with a stand-in ``run`` (a clear effect, then a tie) and check the design for form."""
     seed = random.randrange(2**31)

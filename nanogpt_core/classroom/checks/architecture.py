@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...model import apply_rotary, mix_value_embedding, rms_norm, rotary_tables
+from ..watch import answered_by
 from . import Case, check_function
 
 
@@ -49,6 +50,7 @@ def value_embedding_gate_reference(x, v, ve, gate_weight):
 # ---- the checks -----------------------------------------------------------------------------------------
 
 
+@answered_by(rotary_tables, apply_rotary, rope_reference)
 def check_rope(student) -> bool:
     """Compare ``student(x, positions, base)`` with the package's RoPE on fresh inputs and positions."""
     rng = random.Random()
@@ -68,6 +70,7 @@ def check_rope(student) -> bool:
     return check_function(student, rope_reference, cases, "RoPE", atol=1e-4, rtol=1e-4)
 
 
+@answered_by(qk_norm_logits_reference)
 def check_qk_norm_logits(student) -> bool:
     """Compare ``student(q, k)`` with the modern block's logits, including inputs where eps matters."""
     q, k = torch.randn(2, 3, 8, 16), torch.randn(2, 3, 8, 16)
@@ -88,6 +91,7 @@ def check_qk_norm_logits(student) -> bool:
     return check_function(student, qk_norm_logits_reference, cases, "QK-norm logits", atol=1e-4, rtol=1e-4)
 
 
+@answered_by(mix_value_embedding, value_embedding_gate_reference)
 def check_value_embedding_gate(student) -> bool:
     """Compare ``student(x, v, ve, gate_weight)`` with the package's gated mix, including a zero gate."""
     def inputs(B, T, C, H, D, k, weight_scale=1.0, dtype=torch.float32):

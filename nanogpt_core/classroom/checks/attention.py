@@ -19,10 +19,12 @@ import random
 
 import torch
 
-from ...attention import sliding_window_mask
+from ...attention import cached_mask, sliding_window_mask
+from ..watch import answered_by
 from . import Case, CheckFailed, call_student, check_function, compare_values
 
 
+@answered_by(sliding_window_mask, cached_mask)
 def check_sliding_window_mask(student) -> bool:
     """Compare ``student(T, window)`` with the reference mask, including windows longer than T."""
     rng = random.Random()
@@ -139,6 +141,7 @@ _MEANING = {
 }
 
 
+@answered_by(prefix_state)
 def check_online_softmax_update(student) -> bool:
     """Stream keys in random blocks through ``student(state, scores_block, v_block)``; check the state after each block.
 

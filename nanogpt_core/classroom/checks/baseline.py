@@ -18,14 +18,17 @@ import random
 
 import torch
 
-from ...attention import naive_attention
+from ...attention import causal_attention, fa3_attention, naive_attention, sdpa_attention
 from ...config import ModelConfig, TrainConfig
 from ...model import GPT
 from ...optim import build_optimizer
 from ...train import train_step
+from ..watch import answered_by
 from . import Case, CheckFailed, call_student, check_function
 
 
+@answered_by(naive_attention, sdpa_attention, fa3_attention, causal_attention,
+             torch.nn.functional.scaled_dot_product_attention)
 def check_causal_attention(student) -> bool:
     """Compare ``student(q, k, v)`` with the reference on random (B, H, T, D) inputs."""
     g = torch.Generator().manual_seed(random.randrange(2**31))
@@ -45,6 +48,7 @@ def gpt_param_count(n_layer: int, n_embd: int, vocab_size: int, seq_len: int) ->
     return GPT(cfg).num_params()["total"]
 
 
+@answered_by(GPT, gpt_param_count)
 def check_count_params(student) -> bool:
     """Compare ``student(n_layer, n_embd, vocab_size, seq_len)`` with the parameters of a built model."""
     rng = random.Random()
@@ -92,6 +96,7 @@ def _train_step_cases(rng: random.Random) -> list[tuple[str, ModelConfig, TrainC
     return cases
 
 
+@answered_by(train_step)
 def check_train_step(student) -> bool:
     """Train two identical tiny GPTs on the same batches, one with ``student(model, optimizer, x, y, step, t)``
     and one with the package's ``train_step``; after every step compare the loss, the learning rate of

@@ -34,6 +34,7 @@ import torch
 
 from ...loaders import Doc, DocBuffer, PackingStats, fill_row
 from ...packing_sim import pack_to_the_end
+from ..watch import answered_by
 from . import Case, CheckFailed, call_student, check_function, compare_values
 
 BOS = 4095  # the toy tokenizer's BOS id; any id works, the checks pass it where it matters
@@ -96,6 +97,7 @@ def reference_greedy_rows(docs: list[list[int]], capacity: int, n_rows: int) -> 
     return out
 
 
+@answered_by(fill_row, reference_greedy_rows)
 def check_bos_aligned_row(fn, rows: int = 40) -> bool:
     """Run ``fn(documents, capacity)`` row after row on streams of random documents; check each row."""
     rng = random.Random()
@@ -162,6 +164,7 @@ def _positions_cases(rng: random.Random) -> list[Case]:
     ]
 
 
+@answered_by(reference_document_positions, "lab/bos_alignment.py:document_positions")
 def check_document_positions(fn) -> bool:
     """Compare ``fn(x, bos_id)`` with the reference: exact integers, int64, the shape of ``x``."""
     return check_function(fn, reference_document_positions, _positions_cases(random.Random()), "document_positions")
@@ -190,6 +193,7 @@ def reference_bestfit_row(buffer: list[list[int]], capacity: int) -> list[int]:
     return [t for doc, take in pieces for t in doc.tokens[:take]]
 
 
+@answered_by(fill_row, DocBuffer, reference_bestfit_row, _reference_choice)
 def check_bestfit_row(fn, rows: int = 60) -> bool:
     """Fill row after row with ``fn(buffer, capacity)`` from one buffer that is topped up between rows."""
     rng = random.Random()
@@ -276,6 +280,7 @@ def _window_cases(rng: random.Random) -> list[Case]:
     return cases
 
 
+@answered_by(reference_crop_windows, PackingStats, "lab/packing.py:crop_windows")
 def check_crop_windows(fn) -> bool:
     """Compare ``fn(rows, window, drain_start)`` -> (per-window crop fractions, drain crop fraction)."""
     rng = random.Random()

@@ -26,7 +26,10 @@ from datetime import timedelta
 import torch
 
 from ...config import STAGES, stage_config
-from ...plan import memory_per_gpu, meta_model
+from ...optim import ShardedAdamW
+from ...plan import fitting_micro_batch, make_plan, memory_per_gpu, meta_model
+from .. import watch
+from ..watch import answered_by
 from . import Case, CheckFailed, call_student, check_function
 
 # ---- Exercise 9.1: tokens and steps ----------------------------------------------------------------
@@ -49,6 +52,7 @@ def _ints(student):
     return wrapped
 
 
+@answered_by(tokens_and_steps)
 def check_tokens_and_steps(student) -> bool:
     """Compare ``student(scaling_params, ratio, total_batch)`` with the reference."""
     rng = random.Random()
@@ -76,6 +80,7 @@ def _random_model(rng: random.Random, stage: str):
     return meta_model(cfg), cfg
 
 
+@answered_by(memory_per_gpu, fitting_micro_batch, make_plan)
 def check_memory_estimate(student) -> bool:
     """Compare ``student(model, micro_batch, world_size, optimizer)`` with ``plan.memory_per_gpu``, part by part."""
     rng = random.Random()
@@ -194,7 +199,8 @@ def _worker(rank: int, store_path: str, seed: int, student, conn) -> None:
                 _loss(params, x[mine], y[mine]).backward()
                 student(params, state, t, hyper["lr"], hyper["betas"], hyper["eps"], hyper["weight_decay"])
                 history.append(dict(params=[p.detach().clone() for p in params], state=_snapshot_state(state)))
-            message = ("ok", history)
+            refused = watch.refusals()  # this rank's watch (the parent's, forked with it)
+            message = ("refused", refused[0]) if refused else ("ok", history)
             dist.barrier()  # neither rank leaves while the other may still talk to it
     except NotImplementedError:
         message = ("not implemented", "")
@@ -269,6 +275,7 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
+@answered_by(ShardedAdamW, _reference)
 def check_zero1_step(student, seed: int | None = None) -> bool:
     """Run ``student`` as a ZeRO-1 AdamW step on 2 gloo processes; compare with one process's AdamW, step by step.
 
@@ -280,6 +287,8 @@ def check_zero1_step(student, seed: int | None = None) -> bool:
     for rank, (status, payload) in enumerate(ranks):
         if status == "not implemented":
             raise CheckFailed("zero1_adamw_step: not implemented yet (the function still raises NotImplementedError)")
+        if status == "refused":
+            raise CheckFailed(f"zero1_adamw_step: on rank {rank}, {payload}")
         if status != "ok":
             raise CheckFailed(f"zero1_adamw_step: rank {rank} raised {payload}")
     reference = _reference(seed)

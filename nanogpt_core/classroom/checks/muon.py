@@ -16,14 +16,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import torch
 
 from ... import muon as _muon
-from ...muon import Muon, cautious_weight_decay, normuon_normalize, orthogonalize
+from ...muon import (Muon, cautious_weight_decay, muon_update_, newton_schulz_step, normuon_normalize, orthogonalize,
+                     singular_value_map)
 from ...schedules import momentum_at, weight_decay_at
+from ..watch import answered_by
 from . import Case, CheckFailed, call_student, check_function, compare_values
 
 
@@ -53,6 +54,7 @@ def polar_express_reference(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return orthogonalize(G, steps, "polar_express", torch.float32)
 
 
+@answered_by(orthogonalize, newton_schulz_step, singular_value_map, polar_express_reference)
 def check_polar_express(student) -> bool:
     """The iterate after each of the 5 steps vs the package's, then U V^T's invariants on the result."""
     name = "Polar Express"
@@ -92,6 +94,7 @@ def _state_shape(m: int, n: int) -> tuple[int, int]:
     return (m, 1) if m >= n else (1, n)
 
 
+@answered_by(normuon_normalize, normuon_reference)
 def check_normuon(student) -> bool:
     """A stream of updates fed one at a time; the output and the state v compared after every step."""
     name = "NorMuon"
@@ -121,6 +124,7 @@ def check_normuon(student) -> bool:
 # ---- Exercise 5.3: cautious weight decay -----------------------------------------------------------
 
 
+@answered_by(cautious_weight_decay)
 def check_cautious_weight_decay(student) -> bool:
     """Compare ``student(W, u, lr, wd)`` with the reference on random weights and updates (some of them 0)."""
     g = _gen()
@@ -136,22 +140,7 @@ def check_cautious_weight_decay(student) -> bool:
 # ---- Exercise 5.4: one Muon step ------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _package_step_unavailable():
-    """While the student's step runs, muon.muon_update_ refuses: the exercise is to write it."""
-    original = _muon.muon_update_
-
-    def refuse(*args, **kwargs):
-        raise CheckFailed("one Muon step: your function calls the package's muon.muon_update_; this exercise asks "
-                          "you to write the step yourself (muon.orthogonalize and muon.normuon_normalize are fine)")
-
-    _muon.muon_update_ = refuse
-    try:
-        yield
-    finally:
-        _muon.muon_update_ = original
-
-
+@answered_by(muon_update_, Muon)
 def check_muon_step(student) -> bool:
     """Several steps beside the package's Muon optimizer: W, momentum buffer and second moment after each."""
     name = "one Muon step"
@@ -169,9 +158,8 @@ def check_muon_step(student) -> bool:
             h.update(momentum=momentum_at(t - 1, 0.85, 0.95, 3), weight_decay=weight_decay_at(t - 1, wd, 2 * steps))
             where = (f"W of shape {(m, n)}, step {t} of {steps} (lr={h['lr']:g}, momentum={h['momentum']:.4g}, "
                      f"weight_decay={h['weight_decay']:.4g}, beta2={h['beta2']:g})")
-            with _package_step_unavailable():
-                out = _call(student, name, where, W.clone(), G.clone(), buf.clone(), v.clone(), h["lr"],
-                            h["momentum"], h["weight_decay"], h["beta2"])
+            out = _call(student, name, where, W.clone(), G.clone(), buf.clone(), v.clone(), h["lr"],
+                        h["momentum"], h["weight_decay"], h["beta2"])
             if not isinstance(out, (tuple, list)) or len(out) != 3:
                 raise CheckFailed(f"{name}, {where}: return (W_new, buf_new, v_new), got {type(out).__name__}")
             W, buf, v = out

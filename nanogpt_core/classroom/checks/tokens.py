@@ -17,7 +17,8 @@ import random
 import torch
 
 from ... import bpe
-from ...evaluate import bits_per_byte
+from ...evaluate import bits_per_byte, evaluate, nats_and_bytes
+from ..watch import answered_by
 from . import Case, CheckFailed, call_student, check_function
 
 
@@ -70,6 +71,7 @@ def reference_bpe_train(ids: list[int], n_merges: int) -> tuple[dict, list[int]]
     return merges, ids
 
 
+@answered_by(bpe.train_bpe, reference_bpe_train)
 def check_bpe_train(student) -> bool:
     """Run ``student(ids, n)`` for n = 0, 1, 2, ... and compare every merge with the package's BPE.
 
@@ -152,6 +154,7 @@ def _compare_merge(where, ids, expected_merges, got, expected):
                           "the k-th merge (from 0) gets the id 256 + k")
 
 
+@answered_by(bits_per_byte, nats_and_bytes, evaluate)
 def check_bits_per_byte(student) -> bool:
     """Compare ``student(losses, targets, token_bytes)`` with nanogpt_core.evaluate.bits_per_byte.
 
