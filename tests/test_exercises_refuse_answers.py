@@ -114,7 +114,7 @@ SHORTCUTS = {
     "3.2 sliding_window_mask": (attention.check_sliding_window_mask, _mask),
     "4.1 clip_rows": (compile_checks.check_clip_rows,
                       lambda get: lambda x, max_norm: get("classroom.checks.compile", "clip_rows_reference")(x, max_norm)),
-    "4.2 measured_mfu": (compile_checks.check_measured_mfu, _mfu),
+    "4.3 measured_mfu": (compile_checks.check_measured_mfu, _mfu),
     "4.2 round_to_bf16": (compile_checks.check_round_to_bf16,
                           lambda get: lambda x: get("classroom.checks.compile", "bf16_round_reference")(x)),
     "4.4 bytes_moved": (compile_checks.check_bytes_moved, lambda get: lambda ops, tensors, outputs: get(

@@ -152,12 +152,13 @@ def _set_profile(hook) -> None:
 
 
 @contextlib.contextmanager
-def watching(exercise: str, answers: tuple):
-    """Run a check under the watch; yields the watch, whose ``refusals`` the caller turns into a verdict."""
+def watching(watch: _Watch):
+    """Run a check under ``watch`` (its refusals emptied); yields it, whose ``refusals`` the caller turns
+    into a verdict."""
     if not _audit_added[0]:
         sys.addaudithook(_audit)
         _audit_added[0] = True
-    watch = _Watch(exercise, answers)
+    watch.refusals = []
     previous = sys.getprofile()
     _active.append(watch)
     _set_profile(_profile)
@@ -178,16 +179,18 @@ def answered_by(*answers):
     fails if the student's function calls any of them, however it reaches them. A function of the
     lab, which the classroom does not import, is named by its file: ``"lab/module.py:function"``."""
     def decorate(check):
+        keys = _Watch(check.__name__, answers)  # the answers' code keys, computed once per check
+
         @functools.wraps(check)
         def run(student, *args, **kwargs):
             from .checks import CheckFailed
 
-            direct = [n for n in (_Watch(check.__name__, answers).is_answer(c) for c in _codes(student)) if n]
+            direct = [n for n in (keys.is_answer(c) for c in _codes(student)) if n]
             if direct:
                 raise CheckFailed(f"{check.__name__}: the submitted function is {direct[0]}, the package's answer to "
                                   "this exercise; write it yourself")
             printed = io.StringIO()  # the check's "✓" line is shown only if the watch refused nothing
-            with watching(check.__name__, answers) as watch:
+            with watching(keys) as watch:
                 try:
                     with contextlib.redirect_stdout(printed):
                         result = check(student, *args, **kwargs)
